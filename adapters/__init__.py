@@ -1,0 +1,1 @@
+"""Source-system adapters: each yields SourceRecords from one kind of partner system, never FHIR."""

@@ -1,0 +1,145 @@
+"""The ASGI app factory. Everything the app needs is built here from ``Settings`` (or handed in
+by a test); nothing lives at module level."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway.clock import Clock, SystemClock
+from gateway.disclose.bundles import BundleProcessor
+from gateway.disclose.deps import Context, GatewayContext
+from gateway.disclose.interactions import Interactions
+from gateway.disclose.rest import fhir_router
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    Issue,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+)
+from gateway.keys import FileKeyRing, KeyMaterialError
+from gateway.observability import LOGGER, Metrics, ObservabilityMiddleware, configure_logging
+from gateway.outcomes import error_outcome
+from gateway.settings import Settings
+from gateway.store.database import ensure_schema, make_engine
+from gateway.store.port import ResourceStore
+from gateway.store.sql import SqlStore
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+
+
+def build_store(settings: Settings, clock: Clock, metrics: Metrics) -> SqlStore:
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine)
+    return SqlStore(engine, FileKeyRing(settings.keys_dir), clock, on_timing=metrics.observe_store)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: ResourceStore | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    clock = clock or SystemClock()
+    metrics = Metrics()
+    logger = configure_logging(settings.log_level)
+    store = store if store is not None else build_store(settings, clock, metrics)
+    ctx = GatewayContext(settings=settings, store=store, clock=clock)
+    ctx.extras["metrics"] = metrics
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = FastAPI(
+        title="Care-coordination FHIR gateway",
+        openapi_url=None,  # the CapabilityStatement is the API description
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.gateway = ctx
+    interactions = Interactions(
+        settings.fhir_base,
+        default_count=settings.default_page_size,
+        max_count=settings.max_page_size,
+    )
+    app.include_router(
+        fhir_router(interactions, BundleProcessor(interactions, max_depth=settings.max_json_depth))
+    )
+    _operations_routes(app, settings)
+    _error_handlers(app, logger)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, logger=logger)
+    return app
+
+
+def _operations_routes(app: FastAPI, settings: Settings) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(ctx: Context) -> Response:
+        ctx.store.ping()
+        if isinstance(ctx.store, SqlStore):
+            try:
+                ring = FileKeyRing(settings.keys_dir).current()
+                key_id, blob = ring.encrypt(b"ready", b"readyz")
+                ring.decrypt(key_id, blob, b"readyz")
+            except KeyMaterialError as exc:
+                raise ServiceUnavailable("encryption keys are not readable") from exc
+        return Response(b'{"status":"ready"}', media_type="application/json")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(ctx: Context) -> Response:
+        registry = ctx.extras["metrics"]
+        assert isinstance(registry, Metrics)
+        return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _error_handlers(app: FastAPI, logger: logging.Logger) -> None:
+    def outcome_response(error: GatewayError) -> Response:
+        return Response(
+            error_outcome(error), status_code=error.status, headers=error.headers, media_type=FHIR_JSON
+        )
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_request: Request, exc: GatewayError) -> Response:
+        return outcome_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(_request: Request, exc: RequestValidationError) -> Response:
+        issues = [
+            Issue(
+                "invalid",
+                f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}",
+            )
+            for err in exc.errors()[:10]
+        ]
+        return outcome_response(BadRequest("the request is malformed", issues=issues))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return outcome_response(NotFound("no such endpoint"))
+        if exc.status_code == 405:
+            return outcome_response(MethodNotAllowed("method not allowed on this endpoint"))
+        error = GatewayError("request failed")
+        error.status = exc.status_code
+        return outcome_response(error)
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for granian workers: settings from the environment, keys checked."""
+    return create_app(Settings())
+

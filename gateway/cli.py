@@ -1,0 +1,165 @@
+"""The ``gateway`` command line (typer). Each command builds its own settings and objects; the
+server runs under granian."""
+
+from __future__ import annotations
+
+import sys
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from gateway.clock import SystemClock
+from gateway.keys import (
+    FileKeyRing,
+    KeyMaterialError,
+    check_keys,
+    init_keys,
+    rotate_encryption_key,
+)
+from gateway.settings import Settings
+from gateway.store.database import SchemaOutOfDate, ensure_schema, make_engine, upgrade
+
+app = typer.Typer(help="Care-coordination FHIR gateway.", no_args_is_help=True)
+keys_app = typer.Typer(help="Encryption, token-signing and audit-signing keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        raise _fail(f"bad settings: {exc}") from exc
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the FHIR API under granian."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    settings = _settings()
+    try:
+        check_keys(settings.keys_dir)
+        ensure_schema(make_engine(settings.database_url, pool_size=1))
+    except (KeyMaterialError, SchemaOutOfDate) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"serving {settings.fhir_base} on http://{host}:{port} ({workers} worker(s))")
+    Granian(
+        "gateway.app:app_from_environment",
+        factory=True,
+        address=host,
+        port=port,
+        workers=workers,
+        interface=Interfaces.ASGI,
+        log_access=False,
+    ).serve()
+
+
+@app.command()
+def demo() -> None:
+    """Run the end-to-end demo on embedded SQLite under ./var/ and exit 0."""
+    from gateway.demo import run_demo
+
+    raise typer.Exit(run_demo(Settings(demo=True, log_level="WARNING"), Console()))
+
+
+@keys_app.command("init")
+def keys_init() -> None:
+    """Create KEYS_DIR with fresh keys; refuses to overwrite existing ones."""
+    settings = _settings()
+    try:
+        created = init_keys(settings.keys_dir, SystemClock().now())
+    except KeyMaterialError as exc:
+        raise _fail(str(exc)) from exc
+    for path in created:
+        console.print(f"created {path}")
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Add a new encryption key; new writes use it, older rows stay readable."""
+    settings = _settings()
+    try:
+        ring = rotate_encryption_key(settings.keys_dir, SystemClock().now())
+    except KeyMaterialError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"active encryption key is now {ring.active} ({len(ring.key_ids)} keys)")
+    console.print("run `gateway keys reencrypt` to move older rows to it")
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(
+    batch: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
+) -> None:
+    """Re-encrypt every stored version under the active key."""
+    from gateway.store.sql import SqlStore
+
+    settings = _settings()
+    try:
+        keys = FileKeyRing(settings.keys_dir)
+        engine = make_engine(settings.database_url)
+        ensure_schema(engine)
+    except (KeyMaterialError, SchemaOutOfDate) as exc:
+        raise _fail(str(exc)) from exc
+    store = SqlStore(engine, keys, SystemClock())
+    pending = sum(n for k, n in store.count_by_key().items() if k != keys.current().active)
+    with Progress(console=console) as progress:
+        task = progress.add_task("re-encrypting", total=pending)
+        for done in store.reencrypt(batch):
+            progress.advance(task, done)
+    console.print(f"re-encrypted {pending} versions under {keys.current().active}")
+    store.close()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply schema migrations (Alembic) to DATABASE_URL."""
+    settings = _settings()
+    engine = make_engine(settings.database_url, pool_size=1)
+    upgrade(engine, revision)
+    console.print(f"database at {revision}")
+    engine.dispose()
+
+
+@keys_app.command("status")
+def keys_status() -> None:
+    """Show key ids and how many stored versions each one protects."""
+    from gateway.store.sql import SqlStore
+
+    settings = _settings()
+    try:
+        keys = FileKeyRing(settings.keys_dir)
+        engine = make_engine(settings.database_url, pool_size=1)
+        ensure_schema(engine)
+    except (KeyMaterialError, SchemaOutOfDate) as exc:
+        raise _fail(str(exc)) from exc
+    counts = SqlStore(engine, keys, SystemClock()).count_by_key()
+    table = Table("key id", "active", "versions")
+    for key_id in keys.current().key_ids:
+        table.add_row(key_id, "yes" if key_id == keys.current().active else "", str(counts.get(key_id, 0)))
+    Console().print(table)
+    engine.dispose()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""Ingest: everything that writes goes through here first (validate; later label, identity,
+Provenance)."""

@@ -1,0 +1,101 @@
+"""The store port: what every store (SQL, in-memory) offers, and the values it returns.
+
+A store hands out *sessions*: ``store.transaction()`` is one atomic unit of work (a transaction
+Bundle runs inside one); the convenience methods on the store each run in their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from gateway.store.query import SearchQuery
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    """One version of a resource as stored: its canonical JSON bytes, decrypted."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    body: bytes  # canonical JSON; empty for a deletion marker
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    matches: list[StoredResource]
+    total: int | None
+    next_cursor: str | None = None
+    prev_cursor: str | None = None
+    included: list[StoredResource] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    versions: list[StoredResource]  # newest first
+    next_before: int | None = None  # version id to continue below
+
+
+class StoreSession(Protocol):
+    def create(self, resource: dict[str, Any]) -> StoredResource: ...
+
+    def update(
+        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: int | None
+    ) -> tuple[StoredResource, bool]:
+        """Write a new version; create it under this id if absent. Returns (version, created)."""
+        ...
+
+    def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        """Mark deleted; None when there was nothing live to delete."""
+        ...
+
+    def read(self, resource_type: str, resource_id: str) -> StoredResource:
+        """The current version; NotFound when absent, Gone when deleted."""
+        ...
+
+    def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource: ...
+
+    def history(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        count: int,
+        since: datetime | None = None,
+        before_version: int | None = None,
+    ) -> HistoryPage: ...
+
+    def search(self, query: SearchQuery) -> SearchPage: ...
+
+    def serialize(self, key: str) -> None:
+        """Hold a lock on ``key`` until the unit of work ends (conditional create's check-then-
+        write must not race another one)."""
+        ...
+
+    def write_many(self, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
+        """Batch ingest: create (no id) or create-or-update (with id) many resources at once."""
+        ...
+
+
+class ResourceStore(StoreSession, Protocol):
+    def transaction(self) -> AbstractContextManager[StoreSession]: ...
+
+    def ping(self) -> None:
+        """Raise ServiceUnavailable when the database cannot be reached."""
+        ...
+
+    def reencrypt(self, batch_size: int = 500) -> Iterator[int]:
+        """Move rows under older keys to the active key; yields rows done per batch."""
+        ...
+
+    def close(self) -> None: ...

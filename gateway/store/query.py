@@ -1,0 +1,374 @@
+"""Search requests, parsed once into a ``SearchQuery`` that every store evaluates the same way.
+
+Parsing is strict: an unknown parameter, modifier or prefix is a 400 that names it (FHIR allows
+ignoring them, but a silently ignored filter returns *more* than the client asked for, which is the
+wrong way to fail for sensitive data). ``Prefer: handling=lenient`` opts into ignoring.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.errors import BadRequest, Issue, UnknownParameter
+from gateway.store.searchparams import (
+    CONTROL_PARAMS,
+    IndexEntry,
+    Kind,
+    SearchParam,
+    lookup,
+    normalise,
+    parse_date_range,
+)
+
+DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+SUPPORTED_DATE_PREFIXES = frozenset({"eq", "ne", "gt", "lt", "ge", "le"})
+MODIFIERS: dict[Kind, frozenset[str]] = {
+    Kind.STRING: frozenset({"exact", "contains", "missing"}),
+    Kind.URI: frozenset({"missing"}),
+    Kind.TOKEN: frozenset({"missing"}),
+    Kind.REFERENCE: frozenset({"missing"}),
+    Kind.DATE: frozenset({"missing"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCriterion:
+    system: str | None  # None: any system; "": explicitly no system
+    code: str | None  # None: any code in the system
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceCriterion:
+    ref_type: str | None
+    ref_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DateCriterion:
+    prefix: str
+    low: str
+    high: str
+
+
+@dataclass(frozen=True, slots=True)
+class StringCriterion:
+    value: str  # normalised unless the modifier is :exact
+
+
+Criterion = TokenCriterion | ReferenceCriterion | DateCriterion | StringCriterion
+
+
+@dataclass(frozen=True, slots=True)
+class Clause:
+    """One parameter occurrence: its values are OR-ed; clauses are AND-ed."""
+
+    name: str  # parameter name; "_id" and "_lastUpdated" address the resource itself
+    kind: Kind
+    modifier: str | None
+    criteria: tuple[Criterion, ...] = ()
+    missing: bool | None = None
+    ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    source_type: str
+    param: str
+    target_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Keyset position: the sort key of the last (``after``) or first (``before``) row shown."""
+
+    key: tuple[Any, ...]
+    after: bool = True
+
+    def encode(self) -> str:
+        raw = orjson.dumps({"k": list(self.key), "a": self.after})
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            doc = orjson.loads(raw)
+            key = tuple(doc["k"])
+            if not all(isinstance(k, str | int) and not isinstance(k, bool) for k in key):
+                raise ValueError
+            return cls(key, bool(doc["a"]))
+        except (binascii.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise BadRequest("_cursor is not a valid paging token") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    resource_type: str
+    clauses: tuple[Clause, ...] = ()
+    sort: tuple[tuple[str, bool], ...] = ()  # (field, descending); field: _lastUpdated | _id
+    count: int = 50
+    cursor: Cursor | None = None
+    includes: tuple[Include, ...] = ()
+    revincludes: tuple[Include, ...] = ()
+    summary_count: bool = False
+    # What the next link must repeat (everything but the cursor), in request order.
+    echo: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+
+SORTABLE = frozenset({"_lastUpdated", "_id"})
+
+
+def parse_search(
+    resource_type: str,
+    items: Iterable[tuple[str, str]],
+    *,
+    default_count: int = 50,
+    max_count: int = 500,
+    lenient: bool = False,
+) -> SearchQuery:
+    clauses: list[Clause] = []
+    sort: tuple[tuple[str, bool], ...] = ()
+    count = default_count
+    cursor: Cursor | None = None
+    includes: list[Include] = []
+    revincludes: list[Include] = []
+    summary_count = False
+    echo: list[tuple[str, str]] = []
+    problems: list[Issue] = []
+
+    for raw_name, value in items:
+        name, _, modifier = raw_name.partition(":")
+        if raw_name != "_cursor":
+            echo.append((raw_name, value))
+        if name in CONTROL_PARAMS:
+            if name == "_count":
+                count = _parse_count(value, max_count)
+                summary_count = summary_count or count == 0
+            elif name == "_sort":
+                sort = _parse_sort(value)
+            elif name == "_summary":
+                if value == "count":
+                    summary_count = True
+                elif value != "false":
+                    problems.append(_unsupported(f"_summary={value} is not supported", "_summary"))
+            elif name == "_include":
+                includes.append(_parse_include(resource_type, value, modifier, reverse=False))
+            elif name == "_revinclude":
+                revincludes.append(_parse_include(resource_type, value, modifier, reverse=True))
+            elif name == "_cursor":
+                cursor = Cursor.decode(value)
+            continue
+        try:
+            clauses.append(_parse_clause(resource_type, name, modifier or None, value))
+        except UnknownParameter as exc:
+            if not lenient:
+                problems.extend(exc.issues)
+    if problems:
+        raise UnknownParameter(problems[0].diagnostics, issues=problems)
+    if cursor is not None and len(cursor.key) != len(sort) + 1:
+        raise BadRequest("_cursor does not belong to this search")
+    return SearchQuery(
+        resource_type=resource_type,
+        clauses=tuple(clauses),
+        sort=sort,
+        count=count,
+        cursor=cursor,
+        includes=tuple(includes),
+        revincludes=tuple(revincludes),
+        summary_count=summary_count,
+        echo=tuple(echo),
+    )
+
+
+def _unsupported(message: str, name: str) -> Issue:
+    return Issue(code="not-supported", diagnostics=message, expression=(name,))
+
+
+def _parse_count(value: str, max_count: int) -> int:
+    if not value.isdigit():
+        raise BadRequest("_count must be a non-negative integer")
+    return min(int(value), max_count)
+
+
+def _parse_sort(value: str) -> tuple[tuple[str, bool], ...]:
+    out = []
+    for part in value.split(","):
+        desc = part.startswith("-")
+        field_name = part[1:] if desc else part
+        if field_name not in SORTABLE:
+            raise UnknownParameter(
+                f"_sort by {field_name!r} is not supported (use _lastUpdated or _id)",
+                issues=[_unsupported("_sort parameter not supported", "_sort")],
+            )
+        out.append((field_name, desc))
+    return tuple(out)
+
+
+def _parse_include(resource_type: str, value: str, modifier: str, *, reverse: bool) -> Include:
+    label = "_revinclude" if reverse else "_include"
+    if modifier:
+        raise UnknownParameter(f"{label}:{modifier} is not supported")
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise BadRequest(f"{label} must be SourceType:parameter[:TargetType]")
+    source, param_name = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    if not reverse and source != resource_type:
+        raise BadRequest(f"{label} source type must be {resource_type}")
+    param = lookup(source, param_name)
+    if param is None or param.kind is not Kind.REFERENCE:
+        raise UnknownParameter(f"{label} names no reference parameter {source}:{param_name}")
+    if reverse and target is not None and target != resource_type:
+        raise BadRequest(f"{label} target type must be {resource_type}")
+    return Include(source, param_name, target)
+
+
+def _parse_clause(resource_type: str, name: str, modifier: str | None, value: str) -> Clause:
+    if name == "_id":
+        if modifier:
+            raise UnknownParameter(f"modifier :{modifier} is not supported on _id")
+        return Clause("_id", Kind.TOKEN, None, ids=tuple(_split_or(value)))
+    param: SearchParam | None
+    if name == "_lastUpdated":
+        kind = Kind.DATE
+    else:
+        param = lookup(resource_type, name)
+        if param is None:
+            if "." in name:
+                raise UnknownParameter(f"chained parameter {name!r} is not supported")
+            raise UnknownParameter(
+                f"unknown search parameter {name!r} for {resource_type}",
+                issues=[_unsupported(f"unknown search parameter {name!r}", name)],
+            )
+        kind = param.kind
+    if modifier is not None and modifier not in MODIFIERS[kind]:
+        raise UnknownParameter(
+            f"modifier :{modifier} is not supported on {name}",
+            issues=[_unsupported(f"modifier :{modifier} is not supported", f"{name}:{modifier}")],
+        )
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise BadRequest(f"{name}:missing must be true or false")
+        return Clause(name, kind, modifier, missing=value == "true")
+    values = _split_or(value)
+    if not values:
+        raise BadRequest(f"search parameter {name} has no value")
+    criteria: tuple[Criterion, ...]
+    if kind is Kind.TOKEN:
+        criteria = tuple(_token(v) for v in values)
+    elif kind is Kind.REFERENCE:
+        criteria = tuple(_reference(v) for v in values)
+    elif kind is Kind.DATE:
+        criteria = tuple(_date(name, v) for v in values)
+    elif modifier == "exact" or kind is Kind.URI:
+        criteria = tuple(StringCriterion(v) for v in values)
+    else:
+        criteria = tuple(StringCriterion(normalise(v)) for v in values)
+    return Clause(name, kind, modifier, criteria=criteria)
+
+
+def _split_or(value: str) -> list[str]:
+    """Comma means OR; ``\\,`` is a literal comma (FHIR escaping)."""
+    out, current, escaped = [], [], False
+    for ch in value:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            out.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    out.append("".join(current))
+    return [v for v in out if v != ""]
+
+
+def _token(value: str) -> TokenCriterion:
+    if "|" not in value:
+        return TokenCriterion(None, value)
+    system, _, code = value.partition("|")
+    return TokenCriterion(system, code or None)
+
+
+def _reference(value: str) -> ReferenceCriterion:
+    parts = value.rstrip("/").split("/")
+    if len(parts) >= 2:
+        return ReferenceCriterion(parts[-2], parts[-1])
+    return ReferenceCriterion(None, parts[0])
+
+
+def _date(name: str, value: str) -> DateCriterion:
+    prefix = value[:2] if value[:2] in DATE_PREFIXES else "eq"
+    body = value[2:] if value[:2] in DATE_PREFIXES else value
+    if prefix not in SUPPORTED_DATE_PREFIXES:
+        raise UnknownParameter(f"date prefix {prefix!r} is not supported on {name}")
+    try:
+        low, high = parse_date_range(body)
+    except BadRequest as exc:
+        raise BadRequest(
+            f"{name} is not a valid FHIR date",
+            issues=[Issue("invalid", f"{name} is not a valid FHIR date", expression=(name,))],
+        ) from exc
+    return DateCriterion(prefix, low, high)
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantics, for stores that evaluate in Python (the in-memory twin). The SQL store compiles the
+# same rules to SQL; the contract tests hold the two to the same answers.
+
+
+def date_matches(c: DateCriterion, low: str, high: str) -> bool:
+    if c.prefix == "eq":
+        return low >= c.low and high <= c.high
+    if c.prefix == "ne":
+        return not (low >= c.low and high <= c.high)
+    if c.prefix == "gt":
+        return high > c.high
+    if c.prefix == "lt":
+        return low < c.low
+    if c.prefix == "ge":
+        return high >= c.low
+    return low <= c.high  # le
+
+
+def entry_matches(clause: Clause, entry: IndexEntry) -> bool:
+    for c in clause.criteria:
+        if isinstance(c, TokenCriterion):
+            if c.code is not None and entry.code != c.code:
+                continue
+            if c.system is None or (c.system == "" and entry.system is None):
+                return True
+            if entry.system == c.system:
+                return True
+        elif isinstance(c, ReferenceCriterion):
+            if entry.ref_id == c.ref_id and (c.ref_type is None or entry.ref_type == c.ref_type):
+                return True
+        elif isinstance(c, DateCriterion):
+            if entry.low is not None and entry.high is not None and date_matches(
+                c, entry.low, entry.high
+            ):
+                return True
+        elif clause.modifier == "exact" or clause.kind is Kind.URI:
+            if entry.raw == c.value:
+                return True
+        elif clause.modifier == "contains":
+            if entry.text is not None and c.value in entry.text:
+                return True
+        elif entry.text is not None and entry.text.startswith(c.value):
+            return True
+    return False
+
+
+def clause_matches(clause: Clause, entries: Sequence[IndexEntry]) -> bool:
+    mine = [e for e in entries if e.param == clause.name]
+    if clause.missing is not None:
+        return (not mine) == clause.missing
+    return any(entry_matches(clause, e) for e in mine)

@@ -1,0 +1,76 @@
+"""Tables of the store (SQLAlchemy Core). The same schema serves SQLite and PostgreSQL; Alembic
+migrations in ``migrations/`` create it, and a test holds the two in step.
+
+``resources``          one row per logical resource: where its current version is.
+``resource_versions``  every version, its canonical JSON encrypted (AES-256-GCM) under ``key_id``.
+``search_index``       search values of each *current* version, extracted at write time.
+Timestamps are fixed-width UTC strings (``searchparams.stamp``), so ordering is textual and the
+same on both databases.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+RowId = BigInteger().with_variant(Integer, "sqlite")
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("rid", RowId, primary_key=True, autoincrement=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", String(32), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    UniqueConstraint("resource_type", "id", name="uq_resources_type_id"),
+    Index("ix_resources_type_updated", "resource_type", "last_updated"),
+)
+
+resource_versions = Table(
+    "resource_versions",
+    metadata,
+    Column("rid", RowId, ForeignKey("resources.rid"), primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("last_updated", String(32), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("key_id", String(64), nullable=True),  # null for a deletion marker
+    Column("payload", LargeBinary, nullable=True),
+    Index("ix_versions_key", "key_id"),
+)
+
+search_index = Table(
+    "search_index",
+    metadata,
+    Column("rid", RowId, ForeignKey("resources.rid"), nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("system", Text, nullable=True),
+    Column("code", Text, nullable=True),
+    Column("text", Text, nullable=True),
+    Column("raw", Text, nullable=True),
+    Column("ref_type", String(64), nullable=True),
+    Column("ref_id", String(64), nullable=True),
+    Column("low", String(32), nullable=True),
+    Column("high", String(32), nullable=True),
+    Index("ix_search_rid", "rid"),
+    Index("ix_search_token", "resource_type", "param", "code"),
+    Index("ix_search_ref", "resource_type", "param", "ref_id"),
+    Index("ix_search_text", "resource_type", "param", "text"),
+    Index("ix_search_date", "resource_type", "param", "low", "high"),
+)

@@ -1,0 +1,314 @@
+"""Search parameters the gateway supports, and their extraction at write time.
+
+Each resource version is reduced, when it is written, to ``IndexEntry`` rows (token, reference,
+date, string), so that a search runs on the index and never decrypts a row it will not return.
+The table below is also what the CapabilityStatement advertises: it is the single truth.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from gateway.errors import BadRequest
+
+
+class Kind(StrEnum):
+    TOKEN = "token"
+    REFERENCE = "reference"
+    DATE = "date"
+    STRING = "string"
+    URI = "uri"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchParam:
+    name: str
+    kind: Kind
+    paths: tuple[str, ...]
+    targets: tuple[str, ...] = ()  # for references: resource types it may point at
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    param: str
+    system: str | None = None
+    code: str | None = None
+    text: str | None = None  # normalised: accent- and case-folded
+    raw: str | None = None  # as written, for :exact
+    ref_type: str | None = None
+    ref_id: str | None = None
+    low: str | None = None  # date range, as UTC timestamp strings (sortable)
+    high: str | None = None
+
+
+def _p(name: str, kind: Kind, *paths: str, targets: tuple[str, ...] = (), doc: str = "") -> SearchParam:
+    return SearchParam(name, kind, paths, targets, doc)
+
+
+T, R, D, S, U = Kind.TOKEN, Kind.REFERENCE, Kind.DATE, Kind.STRING, Kind.URI
+PATIENT = ("Patient",)
+ORG = ("Organization",)
+
+COMMON: tuple[SearchParam, ...] = (
+    _p("_tag", T, "meta.tag", doc="Tags on the resource"),
+    _p("_security", T, "meta.security", doc="Security labels on the resource"),
+    _p("_profile", U, "meta.profile", doc="Profiles the resource claims"),
+)
+
+PARAMS: dict[str, tuple[SearchParam, ...]] = {
+    "Patient": (
+        _p("identifier", T, "identifier"),
+        _p("name", S, "name.text", "name.family", "name.given", "name.prefix", "name.suffix"),
+        _p("family", S, "name.family"),
+        _p("given", S, "name.given"),
+        _p("birthdate", D, "birthDate"),
+        _p("gender", T, "gender"),
+        _p("active", T, "active"),
+        _p("organization", R, "managingOrganization", targets=ORG),
+    ),
+    "Organization": (
+        _p("identifier", T, "identifier"),
+        _p("name", S, "name", "alias"),
+        _p("type", T, "type"),
+        _p("active", T, "active"),
+        _p("partof", R, "partOf", targets=ORG),
+    ),
+    "CarePlan": (
+        _p("identifier", T, "identifier"),
+        _p("patient", R, "subject", targets=PATIENT),
+        _p("subject", R, "subject", targets=("Patient", "Group")),
+        _p("status", T, "status"),
+        _p("intent", T, "intent"),
+        _p("category", T, "category"),
+        _p("date", D, "period"),
+        _p("based-on", R, "basedOn", targets=("CarePlan",)),
+        _p("part-of", R, "partOf", targets=("CarePlan",)),
+    ),
+    "Consent": (
+        _p("identifier", T, "identifier"),
+        _p("patient", R, "patient", targets=PATIENT),
+        _p("status", T, "status"),
+        _p("scope", T, "scope"),
+        _p("category", T, "category"),
+        _p("date", D, "dateTime"),
+        _p("period", D, "provision.period"),
+        _p("actor", R, "provision.actor.reference", targets=("Organization", "Patient")),
+        _p("action", T, "provision.action"),
+        _p("purpose", T, "provision.purpose"),
+        _p("security-label", T, "provision.securityLabel"),
+        _p("organization", R, "organization", targets=ORG),
+        _p("consentor", R, "performer", targets=("Organization", "Patient")),
+        _p("source-reference", R, "sourceReference"),
+    ),
+    "ServiceRequest": (
+        _p("identifier", T, "identifier"),
+        _p("patient", R, "subject", targets=PATIENT),
+        _p("subject", R, "subject", targets=("Patient", "Group")),
+        _p("status", T, "status"),
+        _p("intent", T, "intent"),
+        _p("category", T, "category"),
+        _p("code", T, "code"),
+        _p("performer", R, "performer", targets=("Organization", "Patient")),
+        _p("requester", R, "requester", targets=("Organization", "Patient")),
+        _p("authored", D, "authoredOn"),
+        _p("occurrence", D, "occurrenceDateTime", "occurrencePeriod"),
+        _p("based-on", R, "basedOn", targets=("CarePlan", "ServiceRequest")),
+    ),
+    "Task": (
+        _p("identifier", T, "identifier"),
+        _p("patient", R, "for", targets=PATIENT),
+        _p("subject", R, "for"),
+        _p("status", T, "status"),
+        _p("business-status", T, "businessStatus"),
+        _p("intent", T, "intent"),
+        _p("code", T, "code"),
+        _p("owner", R, "owner", targets=("Organization", "Patient")),
+        _p("requester", R, "requester", targets=("Organization", "Patient")),
+        _p("focus", R, "focus"),
+        _p("based-on", R, "basedOn"),
+        _p("part-of", R, "partOf", targets=("Task",)),
+        _p("authored-on", D, "authoredOn"),
+        _p("modified", D, "lastModified"),
+    ),
+    "EpisodeOfCare": (
+        _p("identifier", T, "identifier"),
+        _p("patient", R, "patient", targets=PATIENT),
+        _p("status", T, "status"),
+        _p("type", T, "type"),
+        _p("organization", R, "managingOrganization", targets=ORG),
+        _p("date", D, "period"),
+        _p("incoming-referral", R, "referralRequest", targets=("ServiceRequest",)),
+    ),
+    "Provenance": (
+        _p("target", R, "target"),
+        _p("patient", R, "target", targets=PATIENT),
+        _p("agent", R, "agent.who", targets=("Organization", "Patient")),
+        _p("entity", R, "entity.what"),
+        _p("recorded", D, "recorded"),
+    ),
+    "Subscription": (
+        _p("status", T, "status"),
+        _p("type", T, "channel.type"),
+        _p("url", U, "channel.endpoint"),
+        _p("payload", T, "channel.payload"),
+        _p("criteria", S, "criteria"),
+    ),
+}
+
+RESOURCE_TYPES: tuple[str, ...] = tuple(PARAMS)
+
+# Result parameters and special parameters that are not index lookups.
+CONTROL_PARAMS = frozenset(
+    {"_count", "_sort", "_summary", "_include", "_revinclude", "_format", "_pretty", "_cursor", "_total"}
+)
+
+
+def params_for(resource_type: str) -> dict[str, SearchParam]:
+    return {p.name: p for p in (*PARAMS[resource_type], *COMMON)}
+
+
+_BY_TYPE: dict[str, dict[str, SearchParam]] = {t: params_for(t) for t in PARAMS}
+
+
+def lookup(resource_type: str, name: str) -> SearchParam | None:
+    return _BY_TYPE.get(resource_type, {}).get(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+
+def extract(resource: dict[str, Any]) -> list[IndexEntry]:
+    """All index rows for one resource; duplicates removed, order stable."""
+    entries: dict[IndexEntry, None] = {}
+    for param in _BY_TYPE[resource["resourceType"]].values():
+        for path in param.paths:
+            for value in _walk(resource, path.split(".")):
+                for entry in _entries(param, value):
+                    entries[entry] = None
+    return list(entries)
+
+
+def _walk(node: Any, parts: list[str]) -> Iterator[Any]:
+    if not parts:
+        if isinstance(node, list):
+            yield from node
+        else:
+            yield node
+        return
+    if isinstance(node, list):
+        for item in node:
+            yield from _walk(item, parts)
+        return
+    if isinstance(node, dict) and parts[0] in node:
+        yield from _walk(node[parts[0]], parts[1:])
+
+
+def _entries(param: SearchParam, value: Any) -> Iterator[IndexEntry]:
+    if param.kind is Kind.TOKEN:
+        yield from _tokens(param.name, value)
+    elif param.kind is Kind.REFERENCE:
+        ref = _reference(value)
+        if ref and (not param.targets or ref[0] in param.targets):
+            yield IndexEntry(param.name, ref_type=ref[0], ref_id=ref[1])
+    elif param.kind is Kind.DATE:
+        span = _date_span(value)
+        if span:
+            yield IndexEntry(param.name, low=span[0], high=span[1])
+    elif param.kind in (Kind.STRING, Kind.URI) and isinstance(value, str):
+        yield IndexEntry(param.name, text=normalise(value), raw=value)
+
+
+def _tokens(name: str, value: Any) -> Iterator[IndexEntry]:
+    if isinstance(value, bool):
+        yield IndexEntry(name, code="true" if value else "false")
+    elif isinstance(value, str):
+        yield IndexEntry(name, code=value)
+    elif isinstance(value, dict):
+        if "coding" in value:  # CodeableConcept
+            for coding in value.get("coding") or []:
+                if isinstance(coding, dict) and coding.get("code"):
+                    yield IndexEntry(name, system=coding.get("system"), code=coding["code"])
+        elif "value" in value and isinstance(value["value"], str):  # Identifier
+            yield IndexEntry(name, system=value.get("system"), code=value["value"])
+        elif value.get("code"):  # Coding
+            yield IndexEntry(name, system=value.get("system"), code=value["code"])
+
+
+def _reference(value: Any) -> tuple[str, str] | None:
+    ref = value.get("reference") if isinstance(value, dict) else None
+    if not isinstance(ref, str):
+        return None
+    parts = ref.split("/")
+    # Relative "Type/id" or absolute ".../Type/id[/_history/n]"
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) >= 2 and parts[-2][:1].isupper():
+        return parts[-2], parts[-1]
+    return None
+
+
+def normalise(text: str) -> str:
+    """FHIR string search: case- and accent-insensitive."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold().strip()
+
+
+# Dates are kept as fixed-width UTC strings so that SQL compares them as text on both databases.
+def stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def _date_span(value: Any) -> tuple[str, str] | None:
+    if isinstance(value, dict):  # Period
+        start = parse_date_range(value["start"])[0] if isinstance(value.get("start"), str) else None
+        end = parse_date_range(value["end"])[1] if isinstance(value.get("end"), str) else None
+        if start is None and end is None:
+            return None
+        return start or _EARLIEST, end or _LATEST
+    if isinstance(value, str):
+        try:
+            return parse_date_range(value)
+        except BadRequest:
+            return None
+    return None
+
+
+def parse_date_range(text: str) -> tuple[str, str]:
+    """The implicit range of a FHIR date/dateTime/instant, as (low, high) stamps inclusive."""
+    try:
+        if len(text) == 4:
+            y = int(text)
+            return stamp(_utc(y, 1, 1)), stamp(_utc(y + 1, 1, 1) - _TICK)
+        if len(text) == 7:
+            y, m = int(text[:4]), int(text[5:7])
+            nxt = _utc(y + (m == 12), m % 12 + 1, 1)
+            return stamp(_utc(y, m, 1)), stamp(nxt - _TICK)
+        if len(text) == 10:
+            d = date.fromisoformat(text)
+            start = _utc(d.year, d.month, d.day)
+            return stamp(start), stamp(start + timedelta(days=1) - _TICK)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadRequest("invalid date value") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    # A dateTime given to the second covers that whole second.
+    if moment.microsecond == 0 and "." not in text:
+        return stamp(moment), stamp(moment + timedelta(seconds=1) - _TICK)
+    return stamp(moment), stamp(moment)
+
+
+_TICK = timedelta(microseconds=1)
+_EARLIEST = stamp(datetime.min.replace(tzinfo=UTC))
+_LATEST = stamp(datetime.max.replace(tzinfo=UTC))
+
+
+def _utc(y: int, m: int, d: int) -> datetime:
+    return datetime(y, m, d, tzinfo=UTC)

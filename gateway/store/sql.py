@@ -1,0 +1,670 @@
+"""The SQL store (SQLAlchemy 2 Core) for SQLite and PostgreSQL.
+
+Every version is encrypted before it reaches the database; search runs on ``search_index`` and
+decrypts only the rows of the page it returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    delete,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from gateway.clock import Clock
+from gateway.errors import Conflict, Gone, NotFound, PreconditionFailed, ServiceUnavailable, not_found
+from gateway.keys import DecryptionError, FileKeyRing, KeyRing
+from gateway.store.port import HistoryPage, SearchPage, StoredResource
+from gateway.store.query import (
+    Clause,
+    Cursor,
+    DateCriterion,
+    ReferenceCriterion,
+    SearchQuery,
+    StringCriterion,
+    TokenCriterion,
+)
+from gateway.store.records import PreparedVersion, aad, new_id, prepare
+from gateway.store.schema import resource_versions as V
+from gateway.store.schema import resources as R
+from gateway.store.schema import search_index as SI
+from gateway.store.searchparams import Kind, stamp
+
+Timing = Callable[[str, float], None]
+
+
+def _parse_stamp(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+class SqlStore:
+    def __init__(
+        self,
+        engine: Engine,
+        keys: FileKeyRing | KeyRing,
+        clock: Clock,
+        *,
+        on_timing: Timing | None = None,
+    ) -> None:
+        self._engine = engine
+        self._keys = keys
+        self._clock = clock
+        self._on_timing = on_timing
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def _ring(self) -> KeyRing:
+        return self._keys.current() if isinstance(self._keys, FileKeyRing) else self._keys
+
+    @contextmanager
+    def _session(self, *, write: bool, op: str) -> Iterator[_SqlSession]:
+        started = time.perf_counter()
+        try:
+            with self._engine.connect() as conn:
+                if write:
+                    conn = conn.execution_options(gateway_write=True)
+                with conn.begin():
+                    yield _SqlSession(conn, self._ring(), self._clock)
+        except IntegrityError as exc:
+            raise Conflict("the write conflicts with a concurrent change; retry") from exc
+        except OperationalError as exc:
+            raise ServiceUnavailable("the database is unavailable") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise ServiceUnavailable("the database connection was lost") from exc
+            raise
+        finally:
+            if self._on_timing is not None:
+                self._on_timing(op, time.perf_counter() - started)
+
+    @contextmanager
+    def transaction(self) -> Iterator[_SqlSession]:
+        with self._session(write=True, op="transaction") as session:
+            yield session
+
+    def create(self, resource: dict[str, Any]) -> StoredResource:
+        with self._session(write=True, op="create") as s:
+            return s.create(resource)
+
+    def update(
+        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: int | None
+    ) -> tuple[StoredResource, bool]:
+        with self._session(write=True, op="update") as s:
+            return s.update(resource_type, resource_id, resource, if_match=if_match)
+
+    def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        with self._session(write=True, op="delete") as s:
+            return s.delete(resource_type, resource_id)
+
+    def read(self, resource_type: str, resource_id: str) -> StoredResource:
+        with self._session(write=False, op="read") as s:
+            return s.read(resource_type, resource_id)
+
+    def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
+        with self._session(write=False, op="vread") as s:
+            return s.vread(resource_type, resource_id, version_id)
+
+    def history(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        count: int,
+        since: datetime | None = None,
+        before_version: int | None = None,
+    ) -> HistoryPage:
+        with self._session(write=False, op="history") as s:
+            return s.history(
+                resource_type, resource_id, count=count, since=since, before_version=before_version
+            )
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        with self._session(write=False, op="search") as s:
+            return s.search(query)
+
+    def write_many(self, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
+        with self._session(write=True, op="write_many") as s:
+            return s.write_many(resources)
+
+    def ping(self) -> None:
+        with self._session(write=False, op="ping") as s:
+            s.conn.execute(select(literal(1))).scalar_one()
+
+    def reencrypt(self, batch_size: int = 500) -> Iterator[int]:
+        """Re-encrypt versions held under older keys with the active key, batch by batch."""
+        while True:
+            with self._session(write=True, op="reencrypt") as s:
+                done = s.reencrypt_batch(batch_size)
+            if not done:
+                return
+            yield done
+
+    def count_by_key(self) -> dict[str, int]:
+        with self._session(write=False, op="keys") as s:
+            rows = s.conn.execute(
+                select(V.c.key_id, func.count()).where(V.c.key_id.is_not(None)).group_by(V.c.key_id)
+            )
+            return {str(k): int(n) for k, n in rows}
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+_CURRENT = (
+    select(
+        R.c.rid,
+        R.c.resource_type,
+        R.c.id,
+        R.c.version_id,
+        R.c.last_updated,
+        R.c.deleted,
+        V.c.key_id,
+        V.c.payload,
+    )
+    .select_from(R)
+    .join(V, and_(V.c.rid == R.c.rid, V.c.version_id == R.c.version_id))
+)
+
+
+class _SqlSession:
+    def __init__(self, conn: Connection, ring: KeyRing, clock: Clock) -> None:
+        self.conn = conn
+        self._ring = ring
+        self._clock = clock
+        self._postgres = conn.dialect.name == "postgresql"
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _decrypt(self, row: Any) -> StoredResource:
+        deleted = bool(row.deleted)
+        body = b""
+        if not deleted:
+            try:
+                body = self._ring.decrypt(
+                    row.key_id, row.payload, aad(row.resource_type, row.id, row.version_id)
+                )
+            except DecryptionError as exc:
+                # Never serve an unauthenticated row; this is an integrity incident, not a 404.
+                raise ServiceUnavailable("a stored resource failed its integrity check") from exc
+        return StoredResource(
+            row.resource_type, row.id, row.version_id, _parse_stamp(row.last_updated), deleted, body
+        )
+
+    def read(self, resource_type: str, resource_id: str) -> StoredResource:
+        row = self.conn.execute(
+            _CURRENT.where(R.c.resource_type == resource_type, R.c.id == resource_id)
+        ).first()
+        if row is None:
+            raise not_found(resource_type, resource_id)
+        if row.deleted:
+            raise Gone(f"Resource {resource_type}/{resource_id} was deleted")
+        return self._decrypt(row)
+
+    def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
+        row = self.conn.execute(
+            select(
+                R.c.resource_type,
+                R.c.id,
+                V.c.version_id,
+                V.c.last_updated,
+                V.c.deleted,
+                V.c.key_id,
+                V.c.payload,
+            )
+            .select_from(R)
+            .join(V, V.c.rid == R.c.rid)
+            .where(
+                R.c.resource_type == resource_type,
+                R.c.id == resource_id,
+                V.c.version_id == version_id,
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"Resource {resource_type}/{resource_id} has no version {version_id}")
+        if row.deleted:
+            raise Gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+        return self._decrypt(row)
+
+    def history(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        count: int,
+        since: datetime | None = None,
+        before_version: int | None = None,
+    ) -> HistoryPage:
+        rid = self._rid(resource_type, resource_id)
+        if rid is None:
+            raise not_found(resource_type, resource_id)
+        q = (
+            select(
+                literal(resource_type).label("resource_type"),
+                literal(resource_id).label("id"),
+                V.c.version_id,
+                V.c.last_updated,
+                V.c.deleted,
+                V.c.key_id,
+                V.c.payload,
+            )
+            .where(V.c.rid == rid)
+            .order_by(V.c.version_id.desc())
+            .limit(count + 1)
+        )
+        if since is not None:
+            q = q.where(V.c.last_updated >= stamp(since))
+        if before_version is not None:
+            q = q.where(V.c.version_id < before_version)
+        rows = self.conn.execute(q).all()
+        versions = [self._decrypt(r) for r in rows[:count]]
+        more = len(rows) > count and versions
+        return HistoryPage(versions, versions[-1].version_id if more else None)
+
+    def serialize(self, key: str) -> None:
+        # SQLite writers already hold the database lock (BEGIN IMMEDIATE).
+        if self._postgres:
+            self.conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
+
+    def _rid(self, resource_type: str, resource_id: str) -> int | None:
+        return self.conn.execute(
+            select(R.c.rid).where(R.c.resource_type == resource_type, R.c.id == resource_id)
+        ).scalar_one_or_none()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _store_version(self, rid: int, version: PreparedVersion, *, replace_index: bool) -> None:
+        key_id, blob = self._ring.encrypt(
+            version.body, aad(version.resource_type, version.id, version.version_id)
+        )
+        self.conn.execute(
+            insert(V).values(
+                rid=rid,
+                version_id=version.version_id,
+                last_updated=stamp(version.last_updated),
+                deleted=False,
+                key_id=key_id,
+                payload=blob,
+            )
+        )
+        if replace_index:
+            self.conn.execute(delete(SI).where(SI.c.rid == rid))
+        if version.index:
+            self.conn.execute(insert(SI), _index_rows(rid, version))
+
+    def create(self, resource: dict[str, Any]) -> StoredResource:
+        version = prepare(resource, new_id(), 1, self._clock.now())
+        rid = self.conn.execute(
+            insert(R)
+            .values(
+                resource_type=version.resource_type,
+                id=version.id,
+                version_id=1,
+                last_updated=stamp(version.last_updated),
+                deleted=False,
+            )
+            .returning(R.c.rid)
+        ).scalar_one()
+        self._store_version(rid, version, replace_index=False)
+        return _stored(version)
+
+    def _lock_head(self, resource_type: str, resource_id: str) -> Any:
+        q = select(R.c.rid, R.c.version_id, R.c.deleted).where(
+            R.c.resource_type == resource_type, R.c.id == resource_id
+        )
+        if self._postgres:
+            q = q.with_for_update()
+        return self.conn.execute(q).first()
+
+    def update(
+        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: int | None
+    ) -> tuple[StoredResource, bool]:
+        head = self._lock_head(resource_type, resource_id)
+        now = self._clock.now()
+        if head is None:
+            if if_match is not None:
+                raise PreconditionFailed(
+                    f"If-Match given but {resource_type}/{resource_id} does not exist"
+                )
+            version = prepare(resource, resource_id, 1, now)
+            rid = self.conn.execute(
+                insert(R)
+                .values(
+                    resource_type=resource_type,
+                    id=resource_id,
+                    version_id=1,
+                    last_updated=stamp(version.last_updated),
+                    deleted=False,
+                )
+                .returning(R.c.rid)
+            ).scalar_one()
+            self._store_version(rid, version, replace_index=False)
+            return _stored(version), True
+        if if_match is not None and if_match != head.version_id:
+            raise PreconditionFailed(
+                f"version conflict: {resource_type}/{resource_id} is at version {head.version_id}"
+            )
+        version = prepare(resource, resource_id, head.version_id + 1, now)
+        self._advance_head(head, version.version_id, version.last_updated, deleted=False)
+        self._store_version(head.rid, version, replace_index=True)
+        return _stored(version), bool(head.deleted)
+
+    def _advance_head(self, head: Any, version_id: int, moment: datetime, *, deleted: bool) -> None:
+        # The version guard turns a lost race on SQLite-less-locking paths into a clean conflict.
+        result = self.conn.execute(
+            update(R)
+            .where(R.c.rid == head.rid, R.c.version_id == head.version_id)
+            .values(version_id=version_id, last_updated=stamp(moment), deleted=deleted)
+        )
+        if result.rowcount != 1:
+            raise Conflict("the resource changed during the write; retry")
+
+    def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        head = self._lock_head(resource_type, resource_id)
+        if head is None or head.deleted:
+            return None
+        now = self._clock.now().astimezone(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        version_id = head.version_id + 1
+        self._advance_head(head, version_id, now, deleted=True)
+        self.conn.execute(
+            insert(V).values(
+                rid=head.rid,
+                version_id=version_id,
+                last_updated=stamp(now),
+                deleted=True,
+                key_id=None,
+                payload=None,
+            )
+        )
+        self.conn.execute(delete(SI).where(SI.c.rid == head.rid))
+        return StoredResource(resource_type, resource_id, version_id, now, True, b"")
+
+    def write_many(self, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
+        """The batch path: a handful of statements for the whole batch, whatever its size."""
+        now = self._clock.now()
+        with_ids = [r for r in resources if r.get("id")]
+        heads: dict[tuple[str, str], Any] = {}
+        if with_ids:
+            keys = list({(r["resourceType"], r["id"]) for r in with_ids})
+            for chunk_start in range(0, len(keys), 500):
+                chunk = keys[chunk_start : chunk_start + 500]
+                for row in self.conn.execute(
+                    select(R.c.rid, R.c.resource_type, R.c.id, R.c.version_id, R.c.deleted).where(
+                        tuple_(R.c.resource_type, R.c.id).in_(chunk)
+                    )
+                ):
+                    heads[(row.resource_type, row.id)] = row
+        fresh: list[PreparedVersion] = []
+        existing: list[tuple[Any, PreparedVersion]] = []
+        in_order: list[PreparedVersion] = []
+        seen: set[tuple[str, str]] = set()
+        for resource in resources:
+            rid_key = (resource["resourceType"], resource.get("id") or "")
+            if rid_key in seen:
+                raise Conflict("a batch names the same resource twice")
+            head = heads.get(rid_key)
+            if head is None:
+                version = prepare(resource, resource.get("id") or new_id(), 1, now)
+                fresh.append(version)
+            else:
+                version = prepare(resource, head.id, head.version_id + 1, now)
+                existing.append((head, version))
+            seen.add((version.resource_type, version.id))
+            in_order.append(version)
+        rids: dict[tuple[str, str], int] = {}
+        if fresh:
+            rows = self.conn.execute(
+                insert(R).returning(R.c.rid, R.c.resource_type, R.c.id, sort_by_parameter_order=True),
+                [
+                    {
+                        "resource_type": v.resource_type,
+                        "id": v.id,
+                        "version_id": 1,
+                        "last_updated": stamp(v.last_updated),
+                        "deleted": False,
+                    }
+                    for v in fresh
+                ],
+            )
+            rids = {(r.resource_type, r.id): r.rid for r in rows}
+        for head, version in existing:
+            self._advance_head(head, version.version_id, version.last_updated, deleted=False)
+            rids[(version.resource_type, version.id)] = head.rid
+        if existing:
+            self.conn.execute(delete(SI).where(SI.c.rid.in_([h.rid for h, _ in existing])))
+        versions = [*fresh, *(v for _, v in existing)]
+        version_rows, index_rows = [], []
+        for v in versions:
+            rid = rids[(v.resource_type, v.id)]
+            key_id, blob = self._ring.encrypt(v.body, aad(v.resource_type, v.id, v.version_id))
+            version_rows.append(
+                {
+                    "rid": rid,
+                    "version_id": v.version_id,
+                    "last_updated": stamp(v.last_updated),
+                    "deleted": False,
+                    "key_id": key_id,
+                    "payload": blob,
+                }
+            )
+            index_rows.extend(_index_rows(rid, v))
+        self.conn.execute(insert(V), version_rows)
+        if index_rows:
+            self.conn.execute(insert(SI), index_rows)
+        return [_stored(v) for v in in_order]
+
+    def reencrypt_batch(self, batch_size: int) -> int:
+        rows = self.conn.execute(
+            select(R.c.resource_type, R.c.id, V.c.rid, V.c.version_id, V.c.key_id, V.c.payload)
+            .select_from(V)
+            .join(R, R.c.rid == V.c.rid)
+            .where(V.c.key_id.is_not(None), V.c.key_id != self._ring.active)
+            .limit(batch_size)
+        ).all()
+        for row in rows:
+            associated = aad(row.resource_type, row.id, row.version_id)
+            plain = self._ring.decrypt(row.key_id, row.payload, associated)
+            key_id, blob = self._ring.encrypt(plain, associated)
+            self.conn.execute(
+                update(V)
+                .where(V.c.rid == row.rid, V.c.version_id == row.version_id)
+                .values(key_id=key_id, payload=blob)
+            )
+        return len(rows)
+
+    # -- search ------------------------------------------------------------------------------
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        where = [R.c.resource_type == query.resource_type, R.c.deleted == false()]
+        where.extend(_clause_sql(query.resource_type, c) for c in query.clauses)
+        total = self.conn.execute(select(func.count()).select_from(R).where(*where)).scalar_one()
+        if query.summary_count or query.count == 0:
+            return SearchPage([], total)
+        columns = _sort_columns(query)
+        after = query.cursor.after if query.cursor else True
+        page_q = _CURRENT.where(*where)
+        if query.cursor is not None:
+            page_q = page_q.where(_keyset(columns, query.cursor))
+        order = [
+            (col.desc() if desc != (not after) else col.asc()) for col, desc in columns
+        ]
+        rows = self.conn.execute(page_q.order_by(*order).limit(query.count + 1)).all()
+        more = len(rows) > query.count
+        rows = rows[: query.count]
+        if not after:
+            rows.reverse()
+        matches = [self._decrypt(r) for r in rows]
+        keys = [_row_key(r, query) for r in rows]
+        next_cursor = prev_cursor = None
+        if rows:
+            if (more and after) or not after:
+                next_cursor = Cursor(keys[-1], after=True).encode()
+            if query.cursor is not None and (after or more):
+                prev_cursor = Cursor(keys[0], after=False).encode()
+        included = self._included(query, [r.rid for r in rows], [r.id for r in rows])
+        return SearchPage(matches, total, next_cursor, prev_cursor, included)
+
+    def _included(self, query: SearchQuery, rids: list[int], ids: list[str]) -> list[StoredResource]:
+        if not rids or not (query.includes or query.revincludes):
+            return []
+        wanted: dict[tuple[str, str], None] = {}
+        for inc in query.includes:
+            q = select(SI.c.ref_type, SI.c.ref_id).where(
+                SI.c.rid.in_(rids), SI.c.param == inc.param, SI.c.ref_type.is_not(None)
+            )
+            if inc.target_type:
+                q = q.where(SI.c.ref_type == inc.target_type)
+            for ref_type, ref_id in self.conn.execute(q):
+                wanted[(ref_type, ref_id)] = None
+        out: dict[tuple[str, str], StoredResource] = {}
+        if wanted:
+            for chunk_start in range(0, len(wanted), 500):
+                chunk = list(wanted)[chunk_start : chunk_start + 500]
+                for row in self.conn.execute(
+                    _CURRENT.where(
+                        tuple_(R.c.resource_type, R.c.id).in_(chunk), R.c.deleted == false()
+                    )
+                ):
+                    out[(row.resource_type, row.id)] = self._decrypt(row)
+        for inc in query.revincludes:
+            sub = select(SI.c.rid).where(
+                SI.c.resource_type == inc.source_type,
+                SI.c.param == inc.param,
+                SI.c.ref_type == query.resource_type,
+                SI.c.ref_id.in_(ids),
+            )
+            for row in self.conn.execute(
+                _CURRENT.where(R.c.rid.in_(sub), R.c.deleted == false()).order_by(R.c.rid)
+            ):
+                out[(row.resource_type, row.id)] = self._decrypt(row)
+        page = {(query.resource_type, i) for i in ids}
+        return [res for key, res in out.items() if key not in page]
+
+
+def _stored(v: PreparedVersion) -> StoredResource:
+    return StoredResource(v.resource_type, v.id, v.version_id, v.last_updated, False, v.body)
+
+
+def _index_rows(rid: int, v: PreparedVersion) -> list[dict[str, Any]]:
+    return [
+        {
+            "rid": rid,
+            "resource_type": v.resource_type,
+            "param": e.param,
+            "system": e.system,
+            "code": e.code,
+            "text": e.text,
+            "raw": e.raw,
+            "ref_type": e.ref_type,
+            "ref_id": e.ref_id,
+            "low": e.low,
+            "high": e.high,
+        }
+        for e in v.index
+    ]
+
+
+def _sort_columns(query: SearchQuery) -> list[tuple[Any, bool]]:
+    cols: list[tuple[Any, bool]] = []
+    for name, desc in query.sort:
+        cols.append((R.c.last_updated if name == "_lastUpdated" else R.c.id, desc))
+    cols.append((R.c.rid, False))
+    return cols
+
+
+def _row_key(row: Any, query: SearchQuery) -> tuple[Any, ...]:
+    key: list[Any] = [row.last_updated if n == "_lastUpdated" else row.id for n, _ in query.sort]
+    key.append(row.rid)
+    return tuple(key)
+
+
+def _keyset(columns: list[tuple[Any, bool]], cursor: Cursor) -> ColumnElement[bool]:
+    """Rows strictly after (or before) the cursor in the sort order, mixed directions allowed."""
+    alternatives = []
+    for i, (col, desc) in enumerate(columns):
+        forward = desc != (not cursor.after)  # True: "comes later" means smaller
+        step = col < cursor.key[i] if forward else col > cursor.key[i]
+        equal_prefix = [c == cursor.key[j] for j, (c, _) in enumerate(columns[:i])]
+        alternatives.append(and_(*equal_prefix, step))
+    return or_(*alternatives)
+
+
+def _clause_sql(resource_type: str, clause: Clause) -> ColumnElement[bool]:
+    if clause.name == "_id":
+        return R.c.id.in_(clause.ids)
+    if clause.name == "_lastUpdated":
+        return or_(
+            *(
+                _date_sql(c, R.c.last_updated, R.c.last_updated)
+                for c in clause.criteria
+                if isinstance(c, DateCriterion)
+            )
+        )
+    rows_of_param = select(SI.c.rid).where(
+        SI.c.resource_type == resource_type, SI.c.param == clause.name
+    )
+    if clause.missing is not None:
+        present = R.c.rid.in_(rows_of_param)
+        return ~present if clause.missing else present
+    alternatives = [_criterion_sql(clause, c) for c in clause.criteria]
+    return R.c.rid.in_(rows_of_param.where(or_(*alternatives)))
+
+
+def _criterion_sql(clause: Clause, c: Any) -> ColumnElement[bool]:
+    if isinstance(c, TokenCriterion):
+        parts = []
+        if c.code is not None:
+            parts.append(SI.c.code == c.code)
+        if c.system == "":
+            parts.append(SI.c.system.is_(None))
+        elif c.system is not None:
+            parts.append(SI.c.system == c.system)
+        return and_(true(), *parts)
+    if isinstance(c, ReferenceCriterion):
+        if c.ref_type is None:
+            return SI.c.ref_id == c.ref_id
+        return and_(SI.c.ref_id == c.ref_id, SI.c.ref_type == c.ref_type)
+    if isinstance(c, DateCriterion):
+        return _date_sql(c, SI.c.low, SI.c.high)
+    assert isinstance(c, StringCriterion)
+    if clause.modifier == "exact" or clause.kind is Kind.URI:
+        return SI.c.raw == c.value
+    escaped = c.value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    if clause.modifier == "contains":
+        return SI.c.text.like(f"%{escaped}%", escape="\\")
+    return SI.c.text.like(f"{escaped}%", escape="\\")
+
+
+def _date_sql(c: DateCriterion, low: Any, high: Any) -> ColumnElement[bool]:
+    if c.prefix == "eq":
+        return and_(low >= c.low, high <= c.high)
+    if c.prefix == "ne":
+        return ~and_(low >= c.low, high <= c.high)
+    if c.prefix == "gt":
+        return high > c.high
+    if c.prefix == "lt":
+        return low < c.low
+    if c.prefix == "ge":
+        return high >= c.low
+    return low <= c.high
