@@ -27,7 +27,7 @@ from gateway.errors import (
     ServiceUnavailable,
 )
 from gateway.keys import FileKeyRing, KeyMaterialError
-from gateway.observability import LOGGER, Metrics, ObservabilityMiddleware, configure_logging
+from gateway.observability import Metrics, ObservabilityMiddleware, configure_logging
 from gateway.outcomes import error_outcome
 from gateway.settings import Settings
 from gateway.store.database import ensure_schema, make_engine
@@ -52,14 +52,14 @@ def create_app(
     clock = clock or SystemClock()
     metrics = Metrics()
     logger = configure_logging(settings.log_level)
-    store = store if store is not None else build_store(settings, clock, metrics)
-    ctx = GatewayContext(settings=settings, store=store, clock=clock)
+    the_store: ResourceStore = store if store is not None else build_store(settings, clock, metrics)
+    ctx = GatewayContext(settings=settings, store=the_store, clock=clock)
     ctx.extras["metrics"] = metrics
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        store.close()
+        the_store.close()
 
     app = FastAPI(
         title="Care-coordination FHIR gateway",
@@ -110,7 +110,10 @@ def _operations_routes(app: FastAPI, settings: Settings) -> None:
 def _error_handlers(app: FastAPI, logger: logging.Logger) -> None:
     def outcome_response(error: GatewayError) -> Response:
         return Response(
-            error_outcome(error), status_code=error.status, headers=error.headers, media_type=FHIR_JSON
+            error_outcome(error),
+            status_code=error.status,
+            headers=error.headers,
+            media_type=FHIR_JSON,
         )
 
     @app.exception_handler(GatewayError)
@@ -142,4 +145,3 @@ def _error_handlers(app: FastAPI, logger: logging.Logger) -> None:
 def app_from_environment() -> FastAPI:
     """Factory for granian workers: settings from the environment, keys checked."""
     return create_app(Settings())
-

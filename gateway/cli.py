@@ -3,8 +3,6 @@ server runs under granian."""
 
 from __future__ import annotations
 
-import sys
-
 from typing import Annotated
 
 import typer
@@ -24,7 +22,9 @@ from gateway.settings import Settings
 from gateway.store.database import SchemaOutOfDate, ensure_schema, make_engine, upgrade
 
 app = typer.Typer(help="Care-coordination FHIR gateway.", no_args_is_help=True)
-keys_app = typer.Typer(help="Encryption, token-signing and audit-signing keys.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Encryption, token-signing and audit-signing keys.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
@@ -152,7 +152,9 @@ def keys_status() -> None:
     counts = SqlStore(engine, keys, SystemClock()).count_by_key()
     table = Table("key id", "active", "versions")
     for key_id in keys.current().key_ids:
-        table.add_row(key_id, "yes" if key_id == keys.current().active else "", str(counts.get(key_id, 0)))
+        table.add_row(
+            key_id, "yes" if key_id == keys.current().active else "", str(counts.get(key_id, 0))
+        )
     Console().print(table)
     engine.dispose()
 
@@ -162,4 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

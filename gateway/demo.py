@@ -71,12 +71,16 @@ async def _walkthrough(settings: Settings, console: Console) -> None:
             "POST",
             "/fhir",
             200,
-            lambda r: f"{len(r.json()['entry'])} entries, "
-            + ", ".join(sorted({e['response']['status'] for e in r.json()['entry']})),
+            lambda r: (
+                f"{len(r.json()['entry'])} entries, "
+                + ", ".join(sorted({e["response"]["status"] for e in r.json()["entry"]}))
+            ),
             content=bundle,
             headers={"Content-Type": FHIR},
         )
-        refs = [e["response"]["location"] for e in loaded.json()["entry"] if "location" in e["response"]]
+        refs = [
+            e["response"]["location"] for e in loaded.json()["entry"] if "location" in e["response"]
+        ]
         patients = await call(
             "find the survivor by name, accent-insensitive",
             "GET",
@@ -98,7 +102,8 @@ async def _walkthrough(settings: Settings, console: Console) -> None:
             "/fhir/ServiceRequest?performer=Organization/harbor-clinic&_include=ServiceRequest:performer",
             200,
             lambda r: ", ".join(
-                f"{e['resource']['resourceType']} ({e['search']['mode']})" for e in r.json()["entry"]
+                f"{e['resource']['resourceType']} ({e['search']['mode']})"
+                for e in r.json()["entry"]
             ),
         )
         tasks = await call(

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ENCRYPTION_FILE = "encryption-keys.json"
-TOKEN_SIGNING_FILE = "token-signing-key.pem"
+TOKEN_SIGNING_FILE = "token-signing-key.pem"  # noqa: S105 (a file name)
 AUDIT_SIGNING_FILE = "audit-signing-key.pem"
 AUDIT_PUBLIC_FILE = "audit-signing-key.pub.pem"
 NONCE_BYTES = 12
@@ -120,7 +120,9 @@ def _check_secret(key: EncryptionKey) -> None:
 
 def new_encryption_key(now: datetime) -> EncryptionKey:
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
-    return EncryptionKey(f"k{stamp}-{secrets.token_hex(3)}", now.isoformat(), AESGCM.generate_key(256))
+    return EncryptionKey(
+        f"k{stamp}-{secrets.token_hex(3)}", now.isoformat(), AESGCM.generate_key(256)
+    )
 
 
 class FileKeyRing:
@@ -207,7 +209,9 @@ def check_keys(keys_dir: Path) -> None:
     """Start-up check for ``serve``: every key present, private, and not a placeholder."""
     missing = [p.name for p in key_files(keys_dir) if not p.exists()]
     if missing:
-        raise KeyMaterialError(f"missing keys in {keys_dir}: {', '.join(missing)}; run `gateway keys init`")
+        raise KeyMaterialError(
+            f"missing keys in {keys_dir}: {', '.join(missing)}; run `gateway keys init`"
+        )
     for path in key_files(keys_dir):
         if path.stat().st_mode & 0o077:
             raise KeyMaterialError(f"{path.name} is readable by others; chmod 600 it")

@@ -61,7 +61,13 @@ def parse_bundle(doc: Any) -> tuple[str, list[Entry]]:
     if kind not in ("batch", "transaction"):
         raise BadRequest(
             "Bundle.type must be batch or transaction",
-            issues=[Issue("invalid", "Bundle.type must be batch or transaction", ("Bundle.type",))],
+            issues=[
+                Issue(
+                    "invalid",
+                    "Bundle.type must be batch or transaction",
+                    expression=("Bundle.type",),
+                )
+            ],
         )
     raw_entries = doc.get("entry") or []
     if not isinstance(raw_entries, list):
@@ -76,7 +82,8 @@ def _parse_entry(index: int, raw: Any) -> Entry:
 
     def bad(message: str, element: str) -> BadRequest:
         return BadRequest(
-            f"{where}: {message}", issues=[Issue("invalid", message, (f"{where}.{element}",))]
+            f"{where}: {message}",
+            issues=[Issue("invalid", message, expression=(f"{where}.{element}",))],
         )
 
     if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
@@ -112,7 +119,9 @@ def _parse_entry(index: int, raw: Any) -> Entry:
         resource=resource,
         full_url=full_url if isinstance(full_url, str) else None,
         if_match=parse_if_match(request.get("ifMatch")),
-        if_none_exist=request.get("ifNoneExist") if isinstance(request.get("ifNoneExist"), str) else None,
+        if_none_exist=request.get("ifNoneExist")
+        if isinstance(request.get("ifNoneExist"), str)
+        else None,
     )
 
 
@@ -207,7 +216,9 @@ class BundleProcessor:
         check_type(resource_type)
         prefer = Prefer()
         handlers: dict[tuple[str, int], Callable[[], Result]] = {
-            ("GET", 1): lambda: self._ix.search(session, resource_type, entry.query, prefer=prefer, now=now),
+            ("GET", 1): lambda: self._ix.search(
+                session, resource_type, entry.query, prefer=prefer, now=now
+            ),
             ("GET", 2): lambda: self._ix.read(session, resource_type, path[1]),
             ("GET", 4): lambda: self._vread(session, entry, path),
             ("POST", 1): lambda: self._ix.create(
@@ -262,7 +273,12 @@ def _validate(entry: Entry) -> None:
     except GatewayError as exc:
         prefix = f"Bundle.entry[{entry.index}].resource"
         exc.issues = [
-            Issue(i.code, f"{prefix}: {i.diagnostics}", i.severity, tuple(f"{prefix}.{e}" for e in i.expression))
+            Issue(
+                i.code,
+                f"{prefix}: {i.diagnostics}",
+                i.severity,
+                tuple(f"{prefix}.{e}" for e in i.expression),
+            )
             for i in exc.issues
         ]
         raise

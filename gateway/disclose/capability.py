@@ -41,9 +41,7 @@ def wired(routes: Iterable[BaseRoute]) -> set[tuple[str, str]]:
     return out
 
 
-def capability_statement(
-    settings: Settings, now: datetime, routes: Iterable[BaseRoute]
-) -> bytes:
+def capability_statement(settings: Settings, now: datetime, routes: Iterable[BaseRoute]) -> bytes:
     present = wired(routes)
     interactions = [{"code": code} for key, code in TYPE_INTERACTIONS.items() if key in present]
     resources: list[dict[str, Any]] = []
@@ -54,7 +52,9 @@ def capability_statement(
             for p in (*PARAMS[resource_type], *COMMON)
         ]
         includes = [
-            f"{resource_type}:{p.name}" for p in PARAMS[resource_type] if p.kind.value == "reference"
+            f"{resource_type}:{p.name}"
+            for p in PARAMS[resource_type]
+            if p.kind.value == "reference"
         ]
         revincludes = [
             f"{source}:{p.name}"

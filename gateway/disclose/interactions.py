@@ -79,7 +79,7 @@ def parse_if_match(header: str | None) -> int | None:
         tag = tag[2:]
     tag = tag.strip('"')
     if not tag.isdigit():
-        raise BadRequest("If-Match must be a version ETag such as W/\"3\"")
+        raise BadRequest('If-Match must be a version ETag such as W/"3"')
     return int(tag)
 
 
@@ -158,9 +158,7 @@ class Interactions:
         """Conditional create: 0 matches → None, 1 → that resource, more → 412."""
         query = self.parse_query(resource_type, parse_query_string(criteria.lstrip("?")), False)
         session.serialize(f"conditional-create:{resource_type}?{criteria}")
-        page = session.search(
-            SearchQuery(resource_type, query.clauses, count=2)
-        )
+        page = session.search(SearchQuery(resource_type, query.clauses, count=2))
         if not page.matches:
             return None
         if len(page.matches) > 1:

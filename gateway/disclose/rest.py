@@ -47,9 +47,7 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
         return to_response(Result(200, body), response_type(request))
 
     @router.post("")
-    async def batch_or_transaction(
-        request: Request, ctx: Context, store: RequestStore
-    ) -> Response:
+    async def batch_or_transaction(request: Request, ctx: Context, store: RequestStore) -> Response:
         media = response_type(request)
         doc = await read_json(
             request, limit=ctx.settings.max_body_bytes, max_depth=ctx.settings.max_json_depth
@@ -59,7 +57,11 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
 
     @router.get("/{resource_type}")
     async def search(
-        resource_type: str, request: Request, ctx: Context, store: RequestStore, prefer: Preference = None
+        resource_type: str,
+        request: Request,
+        ctx: Context,
+        store: RequestStore,
+        prefer: Preference = None,
     ) -> Response:
         media = response_type(request)
         params = list(request.query_params.multi_items())
@@ -70,7 +72,11 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
 
     @router.post("/{resource_type}/_search")
     async def search_by_post(
-        resource_type: str, request: Request, ctx: Context, store: RequestStore, prefer: Preference = None
+        resource_type: str,
+        request: Request,
+        ctx: Context,
+        store: RequestStore,
+        prefer: Preference = None,
     ) -> Response:
         media = response_type(request)
         check_type(resource_type)
@@ -111,7 +117,9 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
         return to_response(result, media)
 
     @router.get("/{resource_type}/{resource_id}")
-    async def read(resource_type: str, resource_id: str, request: Request, store: RequestStore) -> Response:
+    async def read(
+        resource_type: str, resource_id: str, request: Request, store: RequestStore
+    ) -> Response:
         media = response_type(request)
         return to_response(ix.read(store, resource_type, resource_id), media)
 

@@ -14,7 +14,14 @@ from typing import Any
 from gateway.clock import Clock
 from gateway.errors import Conflict, Gone, NotFound, PreconditionFailed, not_found
 from gateway.store.port import HistoryPage, SearchPage, StoredResource
-from gateway.store.query import Clause, Cursor, DateCriterion, SearchQuery, clause_matches, date_matches
+from gateway.store.query import (
+    Clause,
+    Cursor,
+    DateCriterion,
+    SearchQuery,
+    clause_matches,
+    date_matches,
+)
 from gateway.store.records import PreparedVersion, new_id, prepare
 from gateway.store.searchparams import IndexEntry, stamp
 
@@ -59,7 +66,12 @@ class MemoryStore:
             return s.create(resource)
 
     def update(
-        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: int | None
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None,
     ) -> tuple[StoredResource, bool]:
         with self.transaction() as s:
             return s.update(resource_type, resource_id, resource, if_match=if_match)
@@ -99,6 +111,10 @@ class MemoryStore:
     def write_many(self, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
         with self.transaction() as s:
             return s.write_many(resources)
+
+    def serialize(self, key: str) -> None:
+        """Outside a unit of work there is nothing to hold a lock for."""
+        return
 
     def ping(self) -> None:
         return None
@@ -161,7 +177,12 @@ class _MemorySession:
 
     def _write(self, head: _Head, version: PreparedVersion) -> StoredResource:
         stored = StoredResource(
-            version.resource_type, version.id, version.version_id, version.last_updated, False, version.body
+            version.resource_type,
+            version.id,
+            version.version_id,
+            version.last_updated,
+            False,
+            version.body,
         )
         head.versions.append(stored)
         head.index = list(version.index)
@@ -180,7 +201,12 @@ class _MemorySession:
         return self._write(self._new_head(version.resource_type, version.id), version)
 
     def update(
-        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: int | None
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None,
     ) -> tuple[StoredResource, bool]:
         head = self._head(resource_type, resource_id)
         if head is None:
@@ -254,7 +280,8 @@ class _MemorySession:
 
         def key(h: _Head) -> tuple[Any, ...]:
             parts: list[Any] = [
-                stamp(h.current.last_updated) if n == "_lastUpdated" else h.id for n, _ in query.sort
+                stamp(h.current.last_updated) if n == "_lastUpdated" else h.id
+                for n, _ in query.sort
             ]
             return (*parts, h.rid)
 
@@ -301,9 +328,7 @@ class _MemorySession:
                 if other.resource_type != inc.source_type or other.current.deleted:
                     continue
                 if any(
-                    e.param == inc.param
-                    and e.ref_type == query.resource_type
-                    and e.ref_id in ids
+                    e.param == inc.param and e.ref_type == query.resource_type and e.ref_id in ids
                     for e in other.index
                 ):
                     out[(other.resource_type, other.id)] = other.current

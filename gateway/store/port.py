@@ -50,7 +50,12 @@ class StoreSession(Protocol):
     def create(self, resource: dict[str, Any]) -> StoredResource: ...
 
     def update(
-        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: int | None
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None,
     ) -> tuple[StoredResource, bool]:
         """Write a new version; create it under this id if absent. Returns (version, created)."""
         ...

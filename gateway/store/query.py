@@ -352,8 +352,10 @@ def entry_matches(clause: Clause, entry: IndexEntry) -> bool:
             if entry.ref_id == c.ref_id and (c.ref_type is None or entry.ref_type == c.ref_type):
                 return True
         elif isinstance(c, DateCriterion):
-            if entry.low is not None and entry.high is not None and date_matches(
-                c, entry.low, entry.high
+            if (
+                entry.low is not None
+                and entry.high is not None
+                and date_matches(c, entry.low, entry.high)
             ):
                 return True
         elif clause.modifier == "exact" or clause.kind is Kind.URI:

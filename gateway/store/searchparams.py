@@ -18,7 +18,7 @@ from gateway.errors import BadRequest
 
 
 class Kind(StrEnum):
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 (a FHIR search type)
     REFERENCE = "reference"
     DATE = "date"
     STRING = "string"
@@ -47,7 +47,9 @@ class IndexEntry:
     high: str | None = None
 
 
-def _p(name: str, kind: Kind, *paths: str, targets: tuple[str, ...] = (), doc: str = "") -> SearchParam:
+def _p(
+    name: str, kind: Kind, *paths: str, targets: tuple[str, ...] = (), doc: str = ""
+) -> SearchParam:
     return SearchParam(name, kind, paths, targets, doc)
 
 
@@ -165,7 +167,17 @@ RESOURCE_TYPES: tuple[str, ...] = tuple(PARAMS)
 
 # Result parameters and special parameters that are not index lookups.
 CONTROL_PARAMS = frozenset(
-    {"_count", "_sort", "_summary", "_include", "_revinclude", "_format", "_pretty", "_cursor", "_total"}
+    {
+        "_count",
+        "_sort",
+        "_summary",
+        "_include",
+        "_revinclude",
+        "_format",
+        "_pretty",
+        "_cursor",
+        "_total",
+    }
 )
 
 

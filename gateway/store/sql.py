@@ -31,7 +31,14 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from gateway.clock import Clock
-from gateway.errors import Conflict, Gone, NotFound, PreconditionFailed, ServiceUnavailable, not_found
+from gateway.errors import (
+    Conflict,
+    Gone,
+    NotFound,
+    PreconditionFailed,
+    ServiceUnavailable,
+    not_found,
+)
 from gateway.keys import DecryptionError, FileKeyRing, KeyRing
 from gateway.store.port import HistoryPage, SearchPage, StoredResource
 from gateway.store.query import (
@@ -108,7 +115,12 @@ class SqlStore:
             return s.create(resource)
 
     def update(
-        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: int | None
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None,
     ) -> tuple[StoredResource, bool]:
         with self._session(write=True, op="update") as s:
             return s.update(resource_type, resource_id, resource, if_match=if_match)
@@ -146,6 +158,10 @@ class SqlStore:
     def write_many(self, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
         with self._session(write=True, op="write_many") as s:
             return s.write_many(resources)
+
+    def serialize(self, key: str) -> None:
+        """Outside a unit of work there is nothing to hold a lock for."""
+        return
 
     def ping(self) -> None:
         with self._session(write=False, op="ping") as s:
@@ -337,7 +353,12 @@ class _SqlSession:
         return self.conn.execute(q).first()
 
     def update(
-        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: int | None
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None,
     ) -> tuple[StoredResource, bool]:
         head = self._lock_head(resource_type, resource_id)
         now = self._clock.now()
@@ -435,7 +456,9 @@ class _SqlSession:
         rids: dict[tuple[str, str], int] = {}
         if fresh:
             rows = self.conn.execute(
-                insert(R).returning(R.c.rid, R.c.resource_type, R.c.id, sort_by_parameter_order=True),
+                insert(R).returning(
+                    R.c.rid, R.c.resource_type, R.c.id, sort_by_parameter_order=True
+                ),
                 [
                     {
                         "resource_type": v.resource_type,
@@ -506,10 +529,8 @@ class _SqlSession:
         page_q = _CURRENT.where(*where)
         if query.cursor is not None:
             page_q = page_q.where(_keyset(columns, query.cursor))
-        order = [
-            (col.desc() if desc != (not after) else col.asc()) for col, desc in columns
-        ]
-        rows = self.conn.execute(page_q.order_by(*order).limit(query.count + 1)).all()
+        order = [(col.desc() if desc != (not after) else col.asc()) for col, desc in columns]
+        rows = list(self.conn.execute(page_q.order_by(*order).limit(query.count + 1)).all())
         more = len(rows) > query.count
         rows = rows[: query.count]
         if not after:
@@ -525,7 +546,9 @@ class _SqlSession:
         included = self._included(query, [r.rid for r in rows], [r.id for r in rows])
         return SearchPage(matches, total, next_cursor, prev_cursor, included)
 
-    def _included(self, query: SearchQuery, rids: list[int], ids: list[str]) -> list[StoredResource]:
+    def _included(
+        self, query: SearchQuery, rids: list[int], ids: list[str]
+    ) -> list[StoredResource]:
         if not rids or not (query.includes or query.revincludes):
             return []
         wanted: dict[tuple[str, str], None] = {}
@@ -661,10 +684,13 @@ def _date_sql(c: DateCriterion, low: Any, high: Any) -> ColumnElement[bool]:
         return and_(low >= c.low, high <= c.high)
     if c.prefix == "ne":
         return ~and_(low >= c.low, high <= c.high)
+    compare: ColumnElement[bool]
     if c.prefix == "gt":
-        return high > c.high
-    if c.prefix == "lt":
-        return low < c.low
-    if c.prefix == "ge":
-        return high >= c.low
-    return low <= c.high
+        compare = high > c.high
+    elif c.prefix == "lt":
+        compare = low < c.low
+    elif c.prefix == "ge":
+        compare = high >= c.low
+    else:
+        compare = low <= c.high
+    return compare
