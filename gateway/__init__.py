@@ -1,3 +1,3 @@
-"""Care-coordination FHIR R4 gateway: consent-scoped disclosure between survivor-serving partners."""
+"""Care-coordination FHIR R4 gateway: consent-scoped disclosure between survivor partners."""
 
 __version__ = "0.1.0"

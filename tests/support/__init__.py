@@ -1,0 +1,1 @@
+"""Test support: realistic fixtures and a way to run the real server with a test requester."""
