@@ -16,15 +16,18 @@ class SystemClock:
 
 
 class FrozenClock:
-    """A clock for tests: stands still until told to move."""
+    """A clock for tests: stands still until told to move, or moves ``step`` on every reading."""
 
-    def __init__(self, start: datetime) -> None:
+    def __init__(self, start: datetime, step: timedelta = timedelta(0)) -> None:
         if start.tzinfo is None:
             raise ValueError("FrozenClock needs an aware datetime")
         self._now = start
+        self._step = step
 
     def now(self) -> datetime:
-        return self._now
+        reading = self._now
+        self._now += self._step
+        return reading
 
     def advance(self, delta: timedelta) -> None:
         self._now += delta

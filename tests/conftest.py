@@ -1,0 +1,104 @@
+"""Fixtures shared by the suite: clocks, key rings, and every store implementation.
+
+``any_store`` runs a test against the in-memory twin, SQLite and (when
+``GATEWAY_TEST_POSTGRES_URL`` is set) PostgreSQL: the contract every store must keep.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from gateway.clock import FrozenClock
+from gateway.keys import KeyRing, new_encryption_key
+from gateway.store.database import make_engine, upgrade
+from gateway.store.memory import MemoryStore
+from gateway.store.port import ResourceStore
+from gateway.store.sql import SqlStore
+
+POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
+START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    """Moves one millisecond per reading, so versions get distinct lastUpdated stamps."""
+    return FrozenClock(START, step=timedelta(milliseconds=1))
+
+
+@pytest.fixture
+def key_ring() -> KeyRing:
+    key = new_encryption_key(START)
+    return KeyRing([key], key.key_id)
+
+
+def worker_database(base_url: str, name: str) -> str:
+    """A database of our own on the PostgreSQL server (one per xdist worker), created afresh."""
+    import psycopg
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    database = f"{name}_{worker}"
+    url = make_url(base_url)
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{database}"')
+    return url.set(database=database).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[Engine]:
+    if not POSTGRES_URL:
+        pytest.skip("GATEWAY_TEST_POSTGRES_URL is not set")
+    engine = make_engine(worker_database(POSTGRES_URL, "gateway_store"))
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def _truncate(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE search_index, resource_versions, resources RESTART IDENTITY"))
+
+
+def sqlite_engine(tmp_path: Path) -> Engine:
+    engine = make_engine(f"sqlite:///{tmp_path}/gateway.db")
+    upgrade(engine)
+    return engine
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FrozenClock, key_ring: KeyRing
+) -> Iterator[ResourceStore]:
+    if request.param == "memory":
+        yield MemoryStore(clock)
+        return
+    if request.param == "sqlite":
+        store = SqlStore(sqlite_engine(tmp_path), key_ring, clock)
+        yield store
+        store.close()
+        return
+    engine: Engine = request.getfixturevalue("postgres_engine")
+    _truncate(engine)
+    yield SqlStore(engine, key_ring, clock)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FrozenClock, key_ring: KeyRing
+) -> Iterator[SqlStore]:
+    if request.param == "sqlite":
+        store = SqlStore(sqlite_engine(tmp_path), key_ring, clock)
+        yield store
+        store.close()
+        return
+    engine: Engine = request.getfixturevalue("postgres_engine")
+    _truncate(engine)
+    yield SqlStore(engine, key_ring, clock)
