@@ -74,9 +74,11 @@ def create_app(
         default_count=settings.default_page_size,
         max_count=settings.max_page_size,
     )
-    app.include_router(
-        fhir_router(interactions, BundleProcessor(interactions, max_depth=settings.max_json_depth))
+    router = fhir_router(
+        interactions, BundleProcessor(interactions, max_depth=settings.max_json_depth)
     )
+    app.include_router(router)
+    ctx.extras["fhir_routes"] = list(router.routes)
     _operations_routes(app, settings)
     _error_handlers(app, logger)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, logger=logger)

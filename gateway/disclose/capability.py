@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from gateway import __version__
 from gateway.settings import Settings
@@ -35,9 +35,10 @@ COMMON_SEARCH = (
 def wired(routes: Iterable[BaseRoute]) -> set[tuple[str, str]]:
     out = set()
     for route in routes:
-        if isinstance(route, Route):
-            for method in route.methods or ():
-                out.add((method, route.path))
+        path = getattr(route, "path", None)
+        for method in getattr(route, "methods", None) or ():
+            if isinstance(path, str):
+                out.add((str(method), path))
     return out
 
 

@@ -42,7 +42,9 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
     async def metadata(request: Request, ctx: Context) -> Response:
         body = ctx.extras.get("capability")
         if not isinstance(body, bytes):
-            body = capability_statement(ctx.settings, ctx.clock.now(), request.app.routes)
+            routes = ctx.extras.get("fhir_routes")
+            assert isinstance(routes, list)
+            body = capability_statement(ctx.settings, ctx.clock.now(), routes)
             ctx.extras["capability"] = body
         return to_response(Result(200, body), response_type(request))
 

@@ -144,9 +144,14 @@ def test_history_of_an_unknown_resource_is_not_found(any_store: ResourceStore) -
 
 def test_a_failed_transaction_writes_nothing(any_store: ResourceStore) -> None:
     survivor = any_store.create(patient())
-    with pytest.raises(PreconditionFailed), any_store.transaction() as tx:
-        tx.create(care_plan(survivor.id))
-        tx.update("Patient", survivor.id, patient(), if_match=7)
+
+    def plan_then_stale_update() -> None:
+        with any_store.transaction() as tx:
+            tx.create(care_plan(survivor.id))
+            tx.update("Patient", survivor.id, patient(), if_match=7)
+
+    with pytest.raises(PreconditionFailed):
+        plan_then_stale_update()
     assert search(any_store, "CarePlan", "").total == 0
     assert any_store.read("Patient", survivor.id).version_id == 1
 

@@ -36,7 +36,7 @@ def running_gateway(
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--no-ws", "--log-level", "warning", factory,
     ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=child_env)  # noqa: S603
+    process = subprocess.Popen(command, cwd=ROOT, env=child_env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

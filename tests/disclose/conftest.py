@@ -1,0 +1,52 @@
+"""An app per test, on a real SQL store (SQLite, and PostgreSQL when configured), driven
+in-process over ASGI with a fixed requester standing in for the auth layer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.clock import FrozenClock
+from gateway.disclose.deps import Requester, current_requester
+from gateway.keys import init_keys
+from gateway.settings import Settings
+from gateway.store.sql import SqlStore
+from tests.conftest import START
+
+BASE = "http://gateway.test"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    keys = tmp_path / "keys"
+    init_keys(keys, START)
+    return Settings(
+        database_url=f"sqlite:///{tmp_path}/unused.db",
+        keys_dir=keys,
+        base_url=BASE,
+        log_level="WARNING",
+        max_body_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
+    app = create_app(settings, store=sql_store, clock=clock)
+
+    async def shelter_admin() -> Requester:
+        return Requester(partner_id="riverside-shelter", kind="shelter")
+
+    app.dependency_overrides[current_requester] = shelter_admin
+    with TestClient(app, base_url=BASE) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def anonymous(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
+    """The app exactly as served: no override of the auth placeholder."""
+    with TestClient(create_app(settings, store=sql_store, clock=clock), base_url=BASE) as c:
+        yield c
