@@ -498,12 +498,6 @@ def test_conditional_create_twice_yields_one_patient(
 # -- capabilities ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="capability.wired() sees only top-level starlette Routes; the installed FastAPI "
-    "(0.165) keeps an included router as one _IncludedRouter entry in app.routes, so every "
-    "interaction list in /fhir/metadata is empty (rest.py metadata passes request.app.routes)",
-)
 def test_capability_statement_lists_patient_read_and_search(client: SyncFHIRClient) -> None:
     statement = client.execute("metadata", method="get")
 

@@ -18,8 +18,9 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if not parsed.database or parsed.database == ":memory:":
+            raise ValueError("the SQLite store needs a file (sqlite:///PATH), not :memory:")
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url, pool_size=pool_size, max_overflow=8, connect_args={"check_same_thread": False}
         )
@@ -48,7 +49,7 @@ def _sqlite_transactions(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
@@ -56,7 +57,7 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def head_revision() -> str:
-    script = ScriptDirectory.from_config(alembic_config(create_engine("sqlite://")))
+    script = ScriptDirectory.from_config(alembic_config())
     head = script.get_current_head()
     assert head is not None
     return head
