@@ -48,12 +48,6 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2),
         )
-        self.audit = Histogram(
-            "gateway_audit_append_seconds",
-            "Audit append latency",
-            registry=self.registry,
-            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
-        )
 
     def observe_store(self, operation: str, seconds: float) -> None:
         self.store.labels(operation).observe(seconds)
