@@ -53,7 +53,12 @@ def create_app(
     metrics = Metrics()
     logger = configure_logging(settings.log_level)
     the_store: ResourceStore = store if store is not None else build_store(settings, clock, metrics)
-    ctx = GatewayContext(settings=settings, store=the_store, clock=clock)
+    ctx = GatewayContext(
+        settings=settings,
+        store=the_store,
+        clock=clock,
+        offload_store_calls=bool(getattr(the_store, "waits_on_network", False)),
+    )
     ctx.extras["metrics"] = metrics
 
     @asynccontextmanager

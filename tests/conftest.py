@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
 from gateway.clock import FrozenClock
 from gateway.keys import KeyRing, new_encryption_key
@@ -21,6 +20,7 @@ from gateway.store.database import make_engine, upgrade
 from gateway.store.memory import MemoryStore
 from gateway.store.port import ResourceStore
 from gateway.store.sql import SqlStore
+from tests.support.databases import create_database, drop_database
 
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
 START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -38,28 +38,15 @@ def key_ring() -> KeyRing:
     return KeyRing([key], key.key_id)
 
 
-def worker_database(base_url: str, name: str) -> str:
-    """A database of our own on the PostgreSQL server (one per xdist worker), created afresh."""
-    import psycopg
-
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    database = f"{name}_{worker}"
-    url = make_url(base_url)
-    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{database}"')
-    return url.set(database=database).render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="session")
 def postgres_engine() -> Iterator[Engine]:
     if not POSTGRES_URL:
         pytest.skip("GATEWAY_TEST_POSTGRES_URL is not set")
-    engine = make_engine(worker_database(POSTGRES_URL, "gateway_store"))
+    engine = make_engine(create_database(POSTGRES_URL, "gateway_store"))
     upgrade(engine)
     yield engine
     engine.dispose()
+    drop_database(POSTGRES_URL, "gateway_store")
 
 
 def _truncate(engine: Engine) -> None:

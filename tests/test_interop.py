@@ -17,9 +17,9 @@ import httpx
 import pytest
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import ResourceNotFound
-from sqlalchemy.engine import make_url
 
 from gateway.keys import init_keys
+from tests.support.databases import create_database, drop_database
 from tests.support.server import running_gateway
 
 pytestmark = pytest.mark.server
@@ -30,27 +30,6 @@ POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
 
 
 # -- the server ------------------------------------------------------------------------------
-
-
-def _interop_database(base_url: str) -> tuple[str, str, str]:
-    """A dedicated, fresh database on the PostgreSQL server: (gateway URL, admin URL, name)."""
-    import psycopg
-
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    name = f"gateway_interop_{worker}" if worker else "gateway_interop"
-    url = make_url(base_url)
-    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return url.set(database=name).render_as_string(hide_password=False), admin, name
-
-
-def _drop_database(admin: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(
@@ -73,11 +52,9 @@ def gateway(
     tmp = tmp_path_factory.mktemp(f"interop-{request.param}")
     keys_dir = tmp / "keys"
     init_keys(keys_dir, datetime.now(UTC))
-    dropped: tuple[str, str] | None = None
     if request.param == "postgres":
         assert POSTGRES_URL is not None
-        database_url, admin, name = _interop_database(POSTGRES_URL)
-        dropped = (admin, name)
+        database_url = create_database(POSTGRES_URL, "gateway_interop")
     else:
         database_url = f"sqlite:///{tmp}/interop.db"
     env = {
@@ -89,8 +66,8 @@ def gateway(
         with running_gateway(env) as base:
             yield base
     finally:
-        if dropped is not None:
-            _drop_database(*dropped)
+        if request.param == "postgres" and POSTGRES_URL:
+            drop_database(POSTGRES_URL, "gateway_interop")
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,20 @@ request is refused with 401 unless a test (or the in-process demo) overrides
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from gateway.clock import Clock
 from gateway.errors import Unauthorized
 from gateway.settings import Settings
 from gateway.store.port import ResourceStore
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +40,21 @@ class GatewayContext:
     settings: Settings
     store: ResourceStore
     clock: Clock
+    # True when a store call waits on the network (PostgreSQL): such calls run in the thread
+    # pool so that one slow query does not stall every request of the worker. Embedded SQLite
+    # answers in microseconds and runs inline, where a thread hop would cost more than the call.
+    offload_store_calls: bool = False
     extras: dict[str, object] = field(default_factory=dict)
 
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self.offload_store_calls:
+            return await run_in_threadpool(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
 
-def gateway_context(request: Request) -> GatewayContext:
+
+# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a thread
+# pool, which would cost a thread hop on every request for a dictionary lookup.
+async def gateway_context(request: Request) -> GatewayContext:
     ctx: GatewayContext = request.app.state.gateway
     return ctx
 
@@ -50,7 +66,7 @@ async def current_requester() -> Requester:
     )
 
 
-def request_store(
+async def request_store(
     ctx: Annotated[GatewayContext, Depends(gateway_context)],
     requester: Annotated[Requester, Depends(current_requester)],
 ) -> ResourceStore:

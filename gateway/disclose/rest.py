@@ -27,7 +27,7 @@ from gateway.disclose.interactions import (
     parse_if_match,
     parse_query_string,
 )
-from gateway.errors import UnsupportedMediaType
+from gateway.errors import BadRequest, UnsupportedMediaType
 from gateway.ingest.validate import validate_resource
 from gateway.store.searchparams import RESOURCE_TYPES
 
@@ -54,7 +54,7 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
         doc = await read_json(
             request, limit=ctx.settings.max_body_bytes, max_depth=ctx.settings.max_json_depth
         )
-        body = bundles.process(store, doc, ctx.clock.now())
+        body = await ctx.call(bundles.process, store, doc, ctx.clock.now())
         return to_response(Result(200, body), media)
 
     @router.get("/{resource_type}")
@@ -67,8 +67,13 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
     ) -> Response:
         media = response_type(request)
         params = list(request.query_params.multi_items())
-        result = ix.search(
-            store, resource_type, params, prefer=Prefer.parse(prefer), now=ctx.clock.now()
+        result = await ctx.call(
+            ix.search,
+            store,
+            resource_type,
+            params,
+            prefer=Prefer.parse(prefer),
+            now=ctx.clock.now(),
         )
         return to_response(result, media)
 
@@ -87,9 +92,17 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
         raw = await read_body(request, ctx.settings.max_body_bytes)
         params = list(request.query_params.multi_items())
-        params += parse_query_string(raw.decode("utf-8", errors="strict"))
-        result = ix.search(
-            store, resource_type, params, prefer=Prefer.parse(prefer), now=ctx.clock.now()
+        try:
+            params += parse_query_string(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise BadRequest("the form body is not UTF-8") from exc
+        result = await ctx.call(
+            ix.search,
+            store,
+            resource_type,
+            params,
+            prefer=Prefer.parse(prefer),
+            now=ctx.clock.now(),
         )
         return to_response(result, media)
 
@@ -110,20 +123,24 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
         resource = validate_resource(doc, allowed_types=RESOURCE_TYPES, expected_type=resource_type)
         preference = Prefer.parse(prefer)
         if if_none_exist:
-            with store.transaction() as session:
-                result = ix.create(
-                    session, resource, prefer=preference, if_none_exist=if_none_exist
-                )
+
+            def conditional_create() -> Result:
+                with store.transaction() as session:
+                    return ix.create(
+                        session, resource, prefer=preference, if_none_exist=if_none_exist
+                    )
+
+            result = await ctx.call(conditional_create)
         else:
-            result = ix.create(store, resource, prefer=preference)
+            result = await ctx.call(ix.create, store, resource, prefer=preference)
         return to_response(result, media)
 
     @router.get("/{resource_type}/{resource_id}")
     async def read(
-        resource_type: str, resource_id: str, request: Request, store: RequestStore
+        resource_type: str, resource_id: str, request: Request, ctx: Context, store: RequestStore
     ) -> Response:
         media = response_type(request)
-        return to_response(ix.read(store, resource_type, resource_id), media)
+        return to_response(await ctx.call(ix.read, store, resource_type, resource_id), media)
 
     @router.put("/{resource_type}/{resource_id}")
     async def update(
@@ -142,7 +159,8 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
             request, limit=ctx.settings.max_body_bytes, max_depth=ctx.settings.max_json_depth
         )
         resource = validate_resource(doc, allowed_types=RESOURCE_TYPES, expected_type=resource_type)
-        result = ix.update(
+        result = await ctx.call(
+            ix.update,
             store,
             resource_type,
             resource_id,
@@ -153,8 +171,10 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
         return to_response(result, media)
 
     @router.delete("/{resource_type}/{resource_id}")
-    async def delete(resource_type: str, resource_id: str, store: RequestStore) -> Response:
-        return to_response(ix.delete(store, resource_type, resource_id), FHIR_JSON)
+    async def delete(
+        resource_type: str, resource_id: str, ctx: Context, store: RequestStore
+    ) -> Response:
+        return to_response(await ctx.call(ix.delete, store, resource_type, resource_id), FHIR_JSON)
 
     @router.get("/{resource_type}/{resource_id}/_history")
     async def history(
@@ -162,14 +182,22 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
     ) -> Response:
         media = response_type(request)
         params = list(request.query_params.multi_items())
-        result = ix.history(store, resource_type, resource_id, params, ctx.clock.now())
+        result = await ctx.call(
+            ix.history, store, resource_type, resource_id, params, ctx.clock.now()
+        )
         return to_response(result, media)
 
     @router.get("/{resource_type}/{resource_id}/_history/{version_id}")
     async def vread(
-        resource_type: str, resource_id: str, version_id: str, request: Request, store: RequestStore
+        resource_type: str,
+        resource_id: str,
+        version_id: str,
+        request: Request,
+        ctx: Context,
+        store: RequestStore,
     ) -> Response:
         media = response_type(request)
-        return to_response(ix.vread(store, resource_type, resource_id, version_id), media)
+        result = await ctx.call(ix.vread, store, resource_type, resource_id, version_id)
+        return to_response(result, media)
 
     return router

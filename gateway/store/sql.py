@@ -81,6 +81,10 @@ class SqlStore:
     def engine(self) -> Engine:
         return self._engine
 
+    @property
+    def waits_on_network(self) -> bool:
+        return self._engine.dialect.name != "sqlite"
+
     def _ring(self) -> KeyRing:
         return self._keys.current() if isinstance(self._keys, FileKeyRing) else self._keys
 

@@ -24,7 +24,8 @@ from gateway.store.database import (
 )
 from gateway.store.schema import metadata
 from gateway.store.sql import SqlStore
-from tests.conftest import POSTGRES_URL, worker_database
+from tests.conftest import POSTGRES_URL
+from tests.support.databases import create_database, drop_database
 from tests.support.records import patient
 
 
@@ -35,9 +36,11 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
     else:
         if not POSTGRES_URL:
             pytest.skip("GATEWAY_TEST_POSTGRES_URL is not set")
-        engine = make_engine(worker_database(POSTGRES_URL, "gateway_migrations"))
+        engine = make_engine(create_database(POSTGRES_URL, "gateway_migrations"))
     yield engine
     engine.dispose()
+    if request.param == "postgres" and POSTGRES_URL:
+        drop_database(POSTGRES_URL, "gateway_migrations")
 
 
 def revisions() -> list[str | None]:
