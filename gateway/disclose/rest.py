@@ -49,6 +49,7 @@ def fhir_router(interactions: Interactions, bundles: BundleProcessor) -> APIRout
         return to_response(Result(200, body), response_type(request))
 
     @router.post("")
+    @router.post("/", include_in_schema=False)  # FHIR bases are often written with a slash
     async def batch_or_transaction(request: Request, ctx: Context, store: RequestStore) -> Response:
         media = response_type(request)
         doc = await read_json(

@@ -500,3 +500,14 @@ def test_every_response_carries_a_request_id(client: TestClient) -> None:
     assert mine.headers["x-request-id"] == "trace-42"
     hostile = client.get("/fhir/Patient", headers={"X-Request-ID": "<script>"})
     assert hostile.headers["x-request-id"] != "<script>"
+
+
+def test_a_bundle_posted_to_the_base_with_a_trailing_slash_is_processed(client: TestClient) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "Patient?family=alvarez"}}],
+    }
+    response = post(client, "/fhir/", bundle)
+    assert response.status_code == 200
+    assert response.json()["type"] == "batch-response"
