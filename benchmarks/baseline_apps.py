@@ -81,7 +81,9 @@ def bare_app() -> Starlette:
 def naive_app() -> FastAPI:
     data = _load()
     patients = {pid: body.encode() for pid, body in data["patients"].items()}
-    careplans = {data["subject"]: [body.encode() for body in data["careplans"]]}
+    careplans = {
+        data["subject"]: [(orjson.loads(body)["id"], body.encode()) for body in data["careplans"]]
+    }
     base: str = data["base"]
     total: int = data["total"]
     self_url: str = data["self_url"]
@@ -107,11 +109,11 @@ def naive_app() -> FastAPI:
         if raws is None:
             return _not_found()
         entries = []
-        for raw in raws:
+        for resource_id, raw in raws:
             model = care_plan_model.model_validate_json(raw)
             entries.append(
                 {
-                    "fullUrl": f"{base}/CarePlan/{model.id}",
+                    "fullUrl": f"{base}/CarePlan/{resource_id}",
                     "resource": orjson.Fragment(model.model_dump_json()),
                     "search": {"mode": "match"},
                 }

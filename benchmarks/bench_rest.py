@@ -23,7 +23,6 @@ against the 300 MB target. Nothing here asserts on timings.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import random
 import re
@@ -32,12 +31,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, benchmarks
 
@@ -58,6 +58,7 @@ from gateway.store.sql import SqlStore
 GATEWAY_FACTORY = "tests.support.trusted_app:build"
 BARE_FACTORY = "benchmarks.baseline_apps:bare_app"
 NAIVE_FACTORY = "benchmarks.baseline_apps:naive_app"
+NO_OVERRIDE_FACTORY = "benchmarks.gateway_apps:without_overrides"
 PUBLIC_BASE = "http://127.0.0.1:8080"  # only used for fullUrls; identical for every server
 RSS_TARGET = 300 * 1024 * 1024
 READ_VS_BARE_TARGET = 0.6
@@ -101,9 +102,16 @@ class WrkResult:
 @dataclass
 class ServerRun:
     label: str
-    results: dict[str, WrkResult] = field(default_factory=dict)
+    all: dict[str, list[WrkResult]] = field(default_factory=dict)
     rss_idle: int = 0
     rss_after: int = 0
+
+    def add(self, scenario: str, result: WrkResult) -> None:
+        self.all.setdefault(scenario, []).append(result)
+
+    @property
+    def best(self) -> dict[str, WrkResult]:
+        return {s: max(rs, key=lambda r: r.rps) for s, rs in self.all.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,54 +233,128 @@ def run_wrk(url: str, script: Path, *, seconds: int, connections: int, threads: 
     )
 
 
-# -- one server ----------------------------------------------------------------------------------
+# -- servers -----------------------------------------------------------------------------------
 
 
-def check_server(server: Server, label: str, seeded: Seeded, exact: bool) -> None:
+@dataclass(frozen=True, slots=True)
+class Contender:
+    key: str
+    label: str
+    factory: str
+    env: dict[str, str]
+    exact: bool  # answers the stored bytes unchanged
+    optional: bool = False  # skipped (with a warning) rather than failing the run
+
+
+def contenders(env: dict[str, str], args: argparse.Namespace) -> list[Contender]:
+    out = [
+        Contender("gateway", "gateway", GATEWAY_FACTORY, env, exact=True),
+        Contender("bare", "bare", BARE_FACTORY, env, exact=True),
+        Contender("naive", "naive", NAIVE_FACTORY, env, exact=False),
+    ]
+    if not args.skip_no_override:
+        out.append(
+            Contender(
+                "gateway-no-override",
+                "gateway, no dependency_overrides",
+                NO_OVERRIDE_FACTORY,
+                env,
+                exact=True,
+                optional=True,
+            )
+        )
+    if args.also_info:
+        out.append(
+            Contender(
+                "gateway-info",
+                "gateway, INFO access log",
+                GATEWAY_FACTORY,
+                {**env, "GATEWAY_LOG_LEVEL": "INFO"},
+                exact=True,
+            )
+        )
+    return out
+
+
+def check_server(server: Server, who: Contender, seeded: Seeded) -> None:
     """Before timing anything: both URLs answer 200 with the expected content."""
     rid, stored = seeded.read_check
     status, body = http_get(f"{server.base}/fhir/Patient/{rid}")
-    if status != 200 or (exact and body != stored):
-        raise RuntimeError(f"{label}: read answered {status} with unexpected content")
-    status, body = http_get(server.base + seeded.search_path)
+    if status != 200 or (who.exact and body != stored):
+        raise RuntimeError(f"{who.label}: read answered {status} with unexpected content")
+    status, body = http_get(server.base + seeded.search_path, timeout=30)
     entries = orjson.loads(body).get("entry", []) if status == 200 else []
     if status != 200 or len(entries) != SEARCH_COUNT:
-        raise RuntimeError(f"{label}: search answered {status} with {len(entries)} entries")
+        raise RuntimeError(f"{who.label}: search answered {status} with {len(entries)} entries")
 
 
-def measure(
-    label: str,
-    factory: str,
-    env: dict[str, str],
+def settle(server: Server, limit: float = 60.0) -> None:
+    """Wait until requests wrk left queued are done: /healthz answers promptly twice running."""
+    deadline = time.monotonic() + limit
+    quick = 0
+    while quick < 2 and time.monotonic() < deadline:
+        started = time.monotonic()
+        http_get(server.base + "/healthz", timeout=limit)
+        quick = quick + 1 if time.monotonic() - started < 0.02 else 0
+
+
+def start_all(
+    stack: ExitStack, plan: list[Contender], seeded: Seeded, args: argparse.Namespace, tmp: Path
+) -> dict[str, tuple[Contender, Server]]:
+    """Every server runs for the whole benchmark (idle ones cost no CPU), so that the runs can be
+    interleaved and a noisy neighbour on the machine hurts all of them alike."""
+    console = Console(stderr=True)
+    started: dict[str, tuple[Contender, Server]] = {}
+    for who in plan:
+        log_path = tmp / f"{who.key}.log"
+        try:
+            server = stack.enter_context(
+                granian(who.factory, who.env, workers=args.workers, log_path=log_path)
+            )
+            check_server(server, who, seeded)
+        except RuntimeError as exc:
+            if not who.optional:
+                raise
+            console.print(f"[yellow]skipping {who.label}: {exc}")
+            continue
+        started[who.key] = (who, server)
+    return started
+
+
+def measure_all(
+    started: dict[str, tuple[Contender, Server]],
     seeded: Seeded,
     scripts: dict[str, Path],
     args: argparse.Namespace,
-    tmp: Path,
     console: Console,
-) -> ServerRun:
-    run = ServerRun(label)
-    log_path = tmp / f"{label.replace(' ', '-')}.log"
-    with granian(factory, env, workers=args.workers, log_path=log_path) as server:
-        check_server(server, label, seeded, exact=factory != NAIVE_FACTORY)
-        run.rss_idle = tree_rss(server.pid)
-        urls = {
-            "read": f"{server.base}/fhir/Patient/{seeded.patient_ids[0]}",
-            "search": server.base + seeded.search_path,
-        }
-        for scenario, url in urls.items():
-            wrk = {"connections": args.connections, "threads": args.threads}
-            with console.status(f"{label}: {scenario} warm-up {args.warmup}s"):
-                run_wrk(url, scripts[scenario], seconds=args.warmup, **wrk)
-            with console.status(f"{label}: {scenario} {args.duration}s"):
-                result = run_wrk(url, scripts[scenario], seconds=args.duration, **wrk)
-            run.results[scenario] = result
-            console.log(
-                f"{label:>16} {scenario:<6} {result.rps:>9,.0f} req/s  "
-                f"p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
-                + ("" if result.ok else f"  [red]{result.errors} errors, {result.non_2xx} non-2xx")
-            )
-        run.rss_after = tree_rss(server.pid)
-    return run
+) -> dict[str, ServerRun]:
+    runs = {key: ServerRun(who.label) for key, (who, _) in started.items()}
+    for key, (_, server) in started.items():
+        runs[key].rss_idle = tree_rss(server.pid)
+    paths = {
+        "read": f"/fhir/Patient/{seeded.patient_ids[0]}",  # read.lua rotates over all ids
+        "search": seeded.search_path,
+    }
+    wrk = {"connections": args.connections, "threads": args.threads}
+    total = args.repeat * len(paths) * len(started)
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("wrk runs", total=total)
+        for round_no in range(args.repeat):
+            for scenario, path in paths.items():
+                for key, (who, server) in started.items():
+                    progress.update(bar, description=f"{who.label}: {scenario}")
+                    if round_no == 0:
+                        run_wrk(server.base + path, scripts[scenario], seconds=args.warmup, **wrk)
+                        settle(server)
+                    result = run_wrk(
+                        server.base + path, scripts[scenario], seconds=args.duration, **wrk
+                    )
+                    settle(server)
+                    runs[key].add(scenario, result)
+                    progress.advance(bar)
+    for key, (_, server) in started.items():
+        runs[key].rss_after = tree_rss(server.pid)
+    return runs
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -282,58 +364,71 @@ def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:,.0f} MB"
 
 
-def _ratio(value: float, target: float | None) -> str:
+def _ratio(num: float, den: float, target: float | None) -> str:
+    if not den:
+        return "n/a"
+    value = num / den
     if target is None:
         return f"{value:.2f}x"
     mark = "[green]✓[/green]" if value >= target else "[red]✗[/red]"
     return f"{value:.2f}x {mark} (≥ {target:g}x)"
 
 
+SCENARIOS = {"read": "read-by-id", "search": f"search({SEARCH_COUNT})"}
+
+
 def report(runs: dict[str, ServerRun], args: argparse.Namespace, console: Console) -> None:
-    gateway, bare, naive = runs["gateway"], runs["bare"], runs["naive"]
+    bare, naive = runs["bare"], runs["naive"]
     setup = (
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s (after {args.warmup}s "
-        f"warm-up), granian --workers {args.workers}, 127.0.0.1, {os.cpu_count()} CPUs shared "
-        "by wrk and the server; gateway access log OFF (GATEWAY_LOG_LEVEL=WARNING)"
+        f"best of {args.repeat} interleaved run(s) of wrk -t{args.threads} -c{args.connections} "
+        f"-d{args.duration}s after a {args.warmup}s warm-up; granian --workers {args.workers}; "
+        f"127.0.0.1; {os.cpu_count()} CPUs shared by wrk and the servers.\n"
+        "Gateway access log OFF (GATEWAY_LOG_LEVEL=WARNING) unless the row says otherwise."
     )
     table = Table(title="REST throughput: gateway vs baselines", caption=setup)
-    for name in ("scenario", "gateway req/s", "p50", "p99", "bare req/s", "naive req/s"):
-        table.add_column(name, justify="right" if name != "scenario" else "left")
+    for name in ("scenario", "gateway", "gateway req/s", "p50", "p99", "bare req/s", "naive req/s"):
+        table.add_column(name, justify="left" if name in ("scenario", "gateway") else "right")
     table.add_column("gateway / bare", justify="right")
     table.add_column("gateway / naive", justify="right")
-    names = {"read": "read-by-id", "search": f"search({SEARCH_COUNT})"}
-    rows = [(gateway, "")]
-    if "gateway-info" in runs:
-        rows.append((runs["gateway-info"], " [dim](INFO access log)[/dim]"))
-    for (run, note), (scenario, title) in itertools.product(rows, names.items()):
-        g, b, n = run.results[scenario], bare.results[scenario], naive.results[scenario]
-        is_read = scenario == "read"
-        table.add_row(
-            title + note,
-            f"{g.rps:,.0f}",
-            f"{g.p50_ms:.2f} ms",
-            f"{g.p99_ms:.2f} ms",
-            f"{b.rps:,.0f}",
-            f"{n.rps:,.0f}",
-            _ratio(g.rps / b.rps, READ_VS_BARE_TARGET if is_read else None),
-            _ratio(g.rps / n.rps, READ_VS_NAIVE_TARGET if is_read else None),
-        )
+    variants = {
+        "gateway": "trusted_app",
+        "gateway-no-override": "no overrides",
+        "gateway-info": "trusted_app, INFO log",
+    }
+    for scenario, title in SCENARIOS.items():
+        for key, variant in variants.items():
+            if key not in runs:
+                continue
+            g = runs[key].best[scenario]
+            b, n = bare.best[scenario], naive.best[scenario]
+            is_read = scenario == "read"
+            table.add_row(
+                title,
+                variant,
+                f"{g.rps:,.0f}",
+                f"{g.p50_ms:.2f} ms",
+                f"{g.p99_ms:.2f} ms",
+                f"{b.rps:,.0f}",
+                f"{n.rps:,.0f}",
+                _ratio(g.rps, b.rps, READ_VS_BARE_TARGET if is_read else None),
+                _ratio(g.rps, n.rps, READ_VS_NAIVE_TARGET if is_read else None),
+            )
     console.print(table)
 
-    detail = Table(title="All runs")
-    for name in ("server", "scenario", "req/s", "p50", "p90", "p99", "max", "MB/s", "errors"):
+    detail = Table(title="Every server (best run; spread = req/s of every run)")
+    for name in ("server", "scenario", "req/s", "spread", "p50", "p90", "p99", "max", "errors"):
         detail.add_column(name, justify="left" if name in ("server", "scenario") else "right")
     for run in runs.values():
-        for scenario, r in run.results.items():
+        for scenario, r in run.best.items():
             detail.add_row(
                 run.label,
-                names[scenario],
+                SCENARIOS[scenario],
                 f"{r.rps:,.0f}",
+                " / ".join(f"{x.rps:,.0f}" for x in run.all[scenario]),
                 f"{r.p50_ms:.2f} ms",
                 f"{r.p90_ms:.2f} ms",
                 f"{r.p99_ms:.2f} ms",
                 f"{r.max_ms:.1f} ms",
-                f"{r.bytes / r.seconds / 1e6:,.1f}",
                 "0" if r.ok else f"[red]{r.errors} socket, {r.non_2xx} non-2xx[/red]",
             )
     console.print(detail)
@@ -344,13 +439,18 @@ def report(runs: dict[str, ServerRun], args: argparse.Namespace, console: Consol
     for key, run in runs.items():
         target = ""
         if key.startswith("gateway"):
-            ok = run.rss_after < RSS_TARGET
-            target = f"{'[green]✓' if ok else '[red]✗'} < {_mb(RSS_TARGET)}"
+            mark = "[green]✓" if run.rss_after < RSS_TARGET else "[red]✗"
+            target = f"{mark} < {_mb(RSS_TARGET)}"
         memory.add_row(run.label, _mb(run.rss_idle), _mb(run.rss_after), target)
     console.print(memory)
-    bad = [f"{r.label}/{s}" for r in runs.values() for s, x in r.results.items() if not x.ok]
+    bad = [
+        f"{r.label}/{s}"
+        for r in runs.values()
+        for s, xs in r.all.items()
+        if any(not x.ok for x in xs)
+    ]
     if bad:
-        console.print(f"[red]runs with errors or non-2xx answers (numbers not comparable): {bad}")
+        console.print(f"[red]runs with errors or non-2xx answers (not comparable): {bad}")
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -363,18 +463,22 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up (first round)")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds; best is kept")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=1, help="granian workers, every server")
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--plans", type=int, default=120, help="CarePlans of the one subject")
-    parser.add_argument("--also-info", action="store_true", help="add a run with the access log")
-    parser.add_argument("--quick", action="store_true", help="2 s runs, 1 s warm-up (smoke test)")
+    parser.add_argument("--also-info", action="store_true", help="add the gateway with INFO logs")
+    parser.add_argument(
+        "--skip-no-override", action="store_true", help="skip the no-overrides gateway variant"
+    )
+    parser.add_argument("--quick", action="store_true", help="3 s runs, 1 s warm-up (smoke test)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup = 2, 1
+        args.duration, args.warmup, args.repeat = 3, 1, 1
     if args.plans < SEARCH_COUNT or args.patients < 301:
         parser.error(f"need ≥ {SEARCH_COUNT} plans and ≥ 301 patients")
     return args
@@ -382,7 +486,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)
     if shutil.which("wrk") is None:
         console.print("[red]wrk is not installed[/red] (apt-get install -y wrk)")
         return 2
@@ -391,25 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         env, seeded = seed(tmp, args.patients, args.plans, console)
         scripts = write_lua(tmp, seeded.patient_ids)
-        plan: list[tuple[str, str, str, dict[str, Any]]] = [
-            ("gateway", "gateway", GATEWAY_FACTORY, {}),
-            ("bare", "bare", BARE_FACTORY, {}),
-            ("naive", "naive", NAIVE_FACTORY, {}),
-        ]
-        if args.also_info:
-            plan.append(
-                (
-                    "gateway-info",
-                    "gateway (INFO log)",
-                    GATEWAY_FACTORY,
-                    {"GATEWAY_LOG_LEVEL": "INFO"},
-                )
-            )
-        runs: dict[str, ServerRun] = {}
-        for key, label, factory, extra in plan:
-            runs[key] = measure(
-                label, factory, {**env, **extra}, seeded, scripts, args, tmp, console
-            )
+        with ExitStack() as stack:
+            with console.status("starting the servers"):
+                started = start_all(stack, contenders(env, args), seeded, args, tmp)
+            runs = measure_all(started, seeded, scripts, args, console)
         report(runs, args, console)
         if args.keep:
             console.print(f"logs and database kept in {tmp}")

@@ -1,0 +1,264 @@
+"""Batch ingest throughput of the store, with FHIR validation, against two baselines.
+
+Measures how fast 10,000 mixed, valid FHIR R4 resources (whole survivor records: Patient,
+EpisodeOfCare, CarePlan, ServiceRequests, Tasks, Consent, referencing each other by id) go
+through the ingest path: ``validate_resource(doc, allowed_types=RESOURCE_TYPES)`` on every
+resource, then ``SqlStore.write_many`` per batch of 500 (canonical JSON, index extraction,
+AES-256-GCM encryption, a handful of statements per batch). On SQLite (a temp file) and, when
+reachable, on PostgreSQL (a dedicated ``bench`` database; the ``test`` database is never touched).
+
+Baselines, in the same run, so the table shows where the time goes:
+- validation alone (fhir.resources R4B models, no store);
+- the store alone (``write_many`` without validation), per backend.
+
+Every path starts from an empty schema. Prints resources/s beside the target (≥ 2,000/s on
+SQLite, validation included) and each path's time relative to validation alone. Nothing here
+asserts on timings.
+
+    .venv/bin/python benchmarks/bench_ingest.py [--quick] [--count N] [--no-postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, benchmarks
+
+import psycopg
+from psycopg import sql
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import Engine, func, select
+from sqlalchemy.engine import make_url
+
+from benchmarks.fhir_data import mixed_resources
+from gateway.clock import SystemClock
+from gateway.ingest.validate import validate_resource
+from gateway.keys import FileKeyRing, init_keys
+from gateway.store.database import downgrade, make_engine, upgrade
+from gateway.store.schema import resources as resources_table
+from gateway.store.searchparams import RESOURCE_TYPES
+from gateway.store.sql import SqlStore
+
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+BENCH_DATABASE = "bench"
+SQLITE_TARGET = 2000.0  # resources/s, validation included
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    backend: str
+    path: str
+    resources: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.resources / self.seconds if self.seconds else 0.0
+
+
+Docs = list[dict[str, Any]]
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:<32}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def validate_only(docs: Docs, batch: int, console: Console) -> float:
+    with _progress(console) as progress:
+        task = progress.add_task("validation only", total=len(docs))
+        started = time.perf_counter()
+        for start in range(0, len(docs), batch):
+            for doc in docs[start : start + batch]:
+                validate_resource(doc, allowed_types=RESOURCE_TYPES)
+            progress.advance(task, len(docs[start : start + batch]))
+        return time.perf_counter() - started
+
+
+def ingest(
+    store: SqlStore, docs: Docs, batch: int, *, validate: bool, label: str, console: Console
+) -> float:
+    with _progress(console) as progress:
+        task = progress.add_task(label, total=len(docs))
+        started = time.perf_counter()
+        for start in range(0, len(docs), batch):
+            chunk = docs[start : start + batch]
+            if validate:
+                chunk = [validate_resource(d, allowed_types=RESOURCE_TYPES) for d in chunk]
+            store.write_many(chunk)
+            progress.advance(task, len(chunk))
+        return time.perf_counter() - started
+
+
+def _count_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(resources_table)).scalar_one())
+
+
+# -- backends ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    name: str
+    fresh: Callable[[str], AbstractContextManager[Engine]]  # an empty schema, disposed after
+
+
+def sqlite_backend(tmp: Path) -> Backend:
+    @contextmanager
+    def fresh(path: str) -> Iterator[Engine]:
+        engine = make_engine(f"sqlite:///{tmp / (path.replace(' ', '-') + '.db')}")
+        upgrade(engine)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+    return Backend("SQLite (file, WAL)", fresh)
+
+
+def postgres_url(args: argparse.Namespace) -> str | None:
+    if args.no_postgres:
+        return None
+    return args.postgres_url or os.environ.get("GATEWAY_TEST_POSTGRES_URL") or DEFAULT_POSTGRES
+
+
+def postgres_backend(url: str, console: Console) -> Backend | None:
+    """The ``bench`` database on the server of ``url``, created if missing. None (with a note)
+    when the server cannot be reached."""
+    admin = make_url(url)
+    conninfo = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DATABASE,)
+            ).fetchone()
+            if exists is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DATABASE)))
+    except psycopg.OperationalError as exc:
+        console.print(f"[yellow]PostgreSQL not reachable, skipped:[/yellow] {type(exc).__name__}")
+        return None
+    bench_url = admin.set(database=BENCH_DATABASE).render_as_string(hide_password=False)
+
+    @contextmanager
+    def fresh(_path: str) -> Iterator[Engine]:
+        engine = make_engine(bench_url)
+        downgrade(engine, "base")  # only ever the dedicated bench database
+        upgrade(engine)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+    return Backend(f"PostgreSQL ({admin.host}:{admin.port}/{BENCH_DATABASE})", fresh)
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def report(results: list[Measured], validation: Measured, console: Console, batch: int) -> None:
+    table = Table(
+        title="Batch ingest: validate_resource + SqlStore.write_many",
+        caption=(
+            f"{validation.resources:,} mixed resources, batches of {batch}, one process, "
+            f"{os.cpu_count()} CPUs; every store path starts from an empty schema.\n"
+            "x validation = the path's time / validation-only time."
+        ),
+    )
+    for name in ("backend", "path", "resources", "seconds", "resources/s", "target"):
+        table.add_column(name, justify="left" if name in ("backend", "path") else "right")
+    table.add_column("x validation", justify="right")
+    for m in [validation, *results]:
+        target = ""
+        if m.backend.startswith("SQLite") and m.path == "validate + store":
+            mark = "[green]✓[/green]" if m.rate >= SQLITE_TARGET else "[red]✗[/red]"
+            target = f"{mark} ≥ {SQLITE_TARGET:,.0f}/s"
+        table.add_row(
+            m.backend,
+            m.path,
+            f"{m.resources:,}",
+            f"{m.seconds:.2f}",
+            f"{m.rate:,.0f}",
+            target,
+            f"{m.seconds / validation.seconds:.2f}x",
+        )
+    console.print(table)
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--count", type=int, default=10_000, help="resources to ingest")
+    parser.add_argument("--batch", type=int, default=500, help="resources per write_many")
+    parser.add_argument(
+        "--postgres-url",
+        help=f"default: $GATEWAY_TEST_POSTGRES_URL or {DEFAULT_POSTGRES}; "
+        f"only its server is used, through a dedicated '{BENCH_DATABASE}' database",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument("--quick", action="store_true", help="2,000 resources (smoke test)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.count = 2000
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        keys_dir = tmp / "keys"
+        init_keys(keys_dir, datetime.now(UTC))
+        with console.status(f"generating {args.count:,} resources"):
+            docs = mixed_resources(args.count)
+        validation = Measured(
+            "(none)", "validation only", len(docs), validate_only(docs, args.batch, console)
+        )
+        backends = [sqlite_backend(tmp)]
+        url = postgres_url(args)
+        if url is not None and (pg := postgres_backend(url, console)) is not None:
+            backends.append(pg)
+        results: list[Measured] = []
+        for backend in backends:
+            for path, validate in (("store only", False), ("validate + store", True)):
+                with backend.fresh(path) as engine:
+                    store = SqlStore(engine, FileKeyRing(keys_dir), SystemClock())
+                    label = f"{backend.name.split(' ')[0]}: {path}"
+                    seconds = ingest(
+                        store, docs, args.batch, validate=validate, label=label, console=console
+                    )
+                    stored = _count_rows(engine)
+                    if stored != len(docs):
+                        raise RuntimeError(f"{label}: {stored} rows stored, not {len(docs)}")
+                results.append(Measured(backend.name, path, len(docs), seconds))
+                console.log(f"{label}: {len(docs) / seconds:,.0f} resources/s")
+        report(results, validation, console, args.batch)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
