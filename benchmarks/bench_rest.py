@@ -58,7 +58,6 @@ from gateway.store.sql import SqlStore
 GATEWAY_FACTORY = "tests.support.trusted_app:build"
 BARE_FACTORY = "benchmarks.baseline_apps:bare_app"
 NAIVE_FACTORY = "benchmarks.baseline_apps:naive_app"
-NO_OVERRIDE_FACTORY = "benchmarks.gateway_apps:without_overrides"
 PUBLIC_BASE = "http://127.0.0.1:8080"  # only used for fullUrls; identical for every server
 RSS_TARGET = 300 * 1024 * 1024
 READ_VS_BARE_TARGET = 0.6
@@ -252,17 +251,6 @@ def contenders(env: dict[str, str], args: argparse.Namespace) -> list[Contender]
         Contender("bare", "bare", BARE_FACTORY, env, exact=True),
         Contender("naive", "naive", NAIVE_FACTORY, env, exact=False),
     ]
-    if not args.skip_no_override:
-        out.append(
-            Contender(
-                "gateway-no-override",
-                "gateway, no dependency_overrides",
-                NO_OVERRIDE_FACTORY,
-                env,
-                exact=True,
-                optional=True,
-            )
-        )
     if args.also_info:
         out.append(
             Contender(
@@ -392,7 +380,6 @@ def report(runs: dict[str, ServerRun], args: argparse.Namespace, console: Consol
     table.add_column("gateway / naive", justify="right")
     variants = {
         "gateway": "trusted_app",
-        "gateway-no-override": "no overrides",
         "gateway-info": "trusted_app, INFO log",
     }
     for scenario, title in SCENARIOS.items():
@@ -471,9 +458,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--plans", type=int, default=120, help="CarePlans of the one subject")
     parser.add_argument("--also-info", action="store_true", help="add the gateway with INFO logs")
-    parser.add_argument(
-        "--skip-no-override", action="store_true", help="skip the no-overrides gateway variant"
-    )
     parser.add_argument("--quick", action="store_true", help="3 s runs, 1 s warm-up (smoke test)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from gateway.clock import Clock, SystemClock
 from gateway.disclose.bundles import BundleProcessor
-from gateway.disclose.deps import Context, GatewayContext
+from gateway.disclose.deps import Authenticator, Context, GatewayContext, refuse_everyone
 from gateway.disclose.interactions import Interactions
 from gateway.disclose.rest import fhir_router
 from gateway.errors import (
@@ -48,6 +48,7 @@ def create_app(
     *,
     store: ResourceStore | None = None,
     clock: Clock | None = None,
+    authenticate: Authenticator = refuse_everyone,
 ) -> FastAPI:
     clock = clock or SystemClock()
     metrics = Metrics()
@@ -58,6 +59,7 @@ def create_app(
         store=the_store,
         clock=clock,
         offload_store_calls=bool(getattr(the_store, "waits_on_network", False)),
+        authenticate=authenticate,
     )
     ctx.extras["metrics"] = metrics
 

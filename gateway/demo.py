@@ -19,7 +19,7 @@ from rich.table import Table
 
 from gateway.app import create_app
 from gateway.clock import SystemClock
-from gateway.disclose.deps import Requester, current_requester
+from gateway.disclose.deps import Requester, fixed_requester
 from gateway.keys import ENCRYPTION_FILE, init_keys
 from gateway.settings import Settings
 
@@ -45,12 +45,9 @@ def run_demo(settings: Settings, console: Console) -> int:
 
 
 async def _walkthrough(settings: Settings, console: Console) -> None:
-    app = create_app(settings)
-
-    async def demo_admin() -> Requester:
-        return Requester(partner_id="gateway-admin", kind="admin")
-
-    app.dependency_overrides[current_requester] = demo_admin
+    app = create_app(
+        settings, authenticate=fixed_requester(Requester(partner_id="gateway-admin", kind="admin"))
+    )
     steps = Table("step", "request", "status", "what came back", title="Gateway walkthrough")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=settings.base_url) as client:

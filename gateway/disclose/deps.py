@@ -1,13 +1,14 @@
 """Request-scoped dependencies, as ``Annotated`` aliases so that routes read like prose.
 
-The requester is an *auth placeholder* until SMART Backend Services tokens land: over HTTP every
-request is refused with 401 unless a test (or the in-process demo) overrides
-``current_requester``. Secure by default from the first commit.
+Who is asking is decided by the context's ``authenticate`` callable. Until SMART Backend
+Services tokens land it is an *auth placeholder* that refuses every request with 401; tests and
+the in-process demo build the app with an authenticator of their own (``fixed_requester``).
+Secure by default from the first commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -33,6 +34,26 @@ class Requester:
     purpose_of_use: str | None = None
 
 
+Authenticator = Callable[[Request], Awaitable[Requester]]
+
+
+async def refuse_everyone(_request: Request) -> Requester:
+    """The auth placeholder: no request is authenticated until partner tokens exist."""
+    raise Unauthorized(
+        "authentication required",
+        headers={"WWW-Authenticate": 'Bearer realm="fhir", error="invalid_token"'},
+    )
+
+
+def fixed_requester(requester: Requester) -> Authenticator:
+    """An authenticator that answers one requester: for tests and the in-process demo only."""
+
+    async def authenticate(_request: Request) -> Requester:
+        return requester
+
+    return authenticate
+
+
 @dataclass
 class GatewayContext:
     """Everything a request needs, built once by the app factory (no module-level state)."""
@@ -44,6 +65,7 @@ class GatewayContext:
     # pool so that one slow query does not stall every request of the worker. Embedded SQLite
     # answers in microseconds and runs inline, where a thread hop would cost more than the call.
     offload_store_calls: bool = False
+    authenticate: Authenticator = refuse_everyone
     extras: dict[str, object] = field(default_factory=dict)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -59,11 +81,9 @@ async def gateway_context(request: Request) -> GatewayContext:
     return ctx
 
 
-async def current_requester() -> Requester:
-    raise Unauthorized(
-        "authentication required",
-        headers={"WWW-Authenticate": 'Bearer realm="fhir", error="invalid_token"'},
-    )
+async def current_requester(request: Request) -> Requester:
+    ctx: GatewayContext = request.app.state.gateway
+    return await ctx.authenticate(request)
 
 
 async def request_store(

@@ -76,6 +76,14 @@ class SqlStore:
         self._keys = keys
         self._clock = clock
         self._on_timing = on_timing
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        # Only the driver's placeholder is interpolated; values travel as parameters.
+        self._read_sql = (
+            "SELECT r.version_id, r.last_updated, r.deleted, v.key_id, v.payload "  # noqa: S608
+            "FROM resources r JOIN resource_versions v "
+            "ON v.rid = r.rid AND v.version_id = r.version_id "
+            f"WHERE r.resource_type = {mark} AND r.id = {mark}"
+        )
 
     @property
     def engine(self) -> Engine:
@@ -134,8 +142,33 @@ class SqlStore:
             return s.delete(resource_type, resource_id)
 
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
-        with self._session(write=False, op="read") as s:
-            return s.read(resource_type, resource_id)
+        """The hot path: one prepared statement on a pooled driver connection (no SQLAlchemy
+        statement building, no explicit transaction: one SELECT is its own snapshot)."""
+        started = time.perf_counter()
+        dbapi = self._engine.dialect.dbapi
+        assert dbapi is not None
+        try:
+            conn = self._engine.raw_connection()
+            try:
+                cursor = conn.cursor()
+                cursor.execute(self._read_sql, (resource_type, resource_id))
+                row = cursor.fetchone()
+                cursor.close()
+            finally:
+                conn.close()
+        except dbapi.Error as exc:
+            raise ServiceUnavailable("the database is unavailable") from exc
+        finally:
+            if self._on_timing is not None:
+                self._on_timing("read", time.perf_counter() - started)
+        if row is None:
+            raise not_found(resource_type, resource_id)
+        version_id, last_updated, deleted, key_id, payload = row
+        if deleted:
+            raise Gone(f"Resource {resource_type}/{resource_id} was deleted")
+        return _open(
+            self._ring(), resource_type, resource_id, version_id, last_updated, key_id, payload
+        )
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         with self._session(write=False, op="vread") as s:
@@ -217,18 +250,18 @@ class _SqlSession:
     # -- reading -----------------------------------------------------------------------------
 
     def _decrypt(self, row: Any) -> StoredResource:
-        deleted = bool(row.deleted)
-        body = b""
-        if not deleted:
-            try:
-                body = self._ring.decrypt(
-                    row.key_id, row.payload, aad(row.resource_type, row.id, row.version_id)
-                )
-            except DecryptionError as exc:
-                # Never serve an unauthenticated row; this is an integrity incident, not a 404.
-                raise ServiceUnavailable("a stored resource failed its integrity check") from exc
-        return StoredResource(
-            row.resource_type, row.id, row.version_id, _parse_stamp(row.last_updated), deleted, body
+        if row.deleted:
+            return StoredResource(
+                row.resource_type, row.id, row.version_id, _parse_stamp(row.last_updated), True, b""
+            )
+        return _open(
+            self._ring,
+            row.resource_type,
+            row.id,
+            row.version_id,
+            row.last_updated,
+            row.key_id,
+            row.payload,
         )
 
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
@@ -587,6 +620,25 @@ class _SqlSession:
                 out[(row.resource_type, row.id)] = self._decrypt(row)
         page = {(query.resource_type, i) for i in ids}
         return [res for key, res in out.items() if key not in page]
+
+
+def _open(
+    ring: KeyRing,
+    resource_type: str,
+    resource_id: str,
+    version_id: int,
+    last_updated: str,
+    key_id: str,
+    payload: bytes,
+) -> StoredResource:
+    try:
+        body = ring.decrypt(key_id, bytes(payload), aad(resource_type, resource_id, version_id))
+    except DecryptionError as exc:
+        # Never serve an unauthenticated row: an integrity incident, not a 404.
+        raise ServiceUnavailable("a stored resource failed its integrity check") from exc
+    return StoredResource(
+        resource_type, resource_id, version_id, _parse_stamp(last_updated), False, body
+    )
 
 
 def _stored(v: PreparedVersion) -> StoredResource:

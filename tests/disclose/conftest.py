@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.clock import FrozenClock
-from gateway.disclose.deps import Requester, current_requester
+from gateway.disclose.deps import Requester, fixed_requester
 from gateway.keys import init_keys
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
@@ -35,12 +35,8 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
-    app = create_app(settings, store=sql_store, clock=clock)
-
-    async def shelter_admin() -> Requester:
-        return Requester(partner_id="riverside-shelter", kind="shelter")
-
-    app.dependency_overrides[current_requester] = shelter_admin
+    shelter = fixed_requester(Requester(partner_id="riverside-shelter", kind="shelter"))
+    app = create_app(settings, store=sql_store, clock=clock, authenticate=shelter)
     with TestClient(app, base_url=BASE) as test_client:
         yield test_client
 

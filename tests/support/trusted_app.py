@@ -1,5 +1,5 @@
 """A granian factory for tests and benchmarks that serve the *real* app over loopback while the
-auth placeholder is in place: it overrides ``current_requester`` with a fixed requester named by
+auth placeholder is in place: it authenticates every request as the fixed requester named by
 ``GATEWAY_TEST_REQUESTER`` (``partner_id:kind``). Never importable from the gateway package, so a
 production server cannot load it.
 
@@ -13,7 +13,7 @@ import os
 from fastapi import FastAPI
 
 from gateway.app import create_app
-from gateway.disclose.deps import Requester, current_requester
+from gateway.disclose.deps import Requester, fixed_requester
 from gateway.settings import Settings
 
 
@@ -21,11 +21,5 @@ def build() -> FastAPI:
     partner_id, _, kind = os.environ.get("GATEWAY_TEST_REQUESTER", "test-admin:admin").partition(
         ":"
     )
-    app = create_app(Settings())
     requester = Requester(partner_id=partner_id, kind=kind or "admin")
-
-    async def fixed_requester() -> Requester:
-        return requester
-
-    app.dependency_overrides[current_requester] = fixed_requester
-    return app
+    return create_app(Settings(), authenticate=fixed_requester(requester))
