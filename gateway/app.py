@@ -17,7 +17,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.disclose.bundles import BundleProcessor
 from gateway.disclose.deps import Authenticator, Context, GatewayContext, refuse_everyone
 from gateway.disclose.interactions import Interactions
-from gateway.disclose.rest import fhir_router
+from gateway.disclose.rest import fhir_routes
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -81,11 +81,11 @@ def create_app(
         default_count=settings.default_page_size,
         max_count=settings.max_page_size,
     )
-    router = fhir_router(
+    routes = fhir_routes(
         interactions, BundleProcessor(interactions, max_depth=settings.max_json_depth)
     )
-    app.include_router(router)
-    ctx.extras["fhir_routes"] = list(router.routes)
+    app.router.routes.extend(routes)
+    ctx.extras["fhir_routes"] = routes
     _operations_routes(app, settings)
     _error_handlers(app, logger)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, logger=logger)

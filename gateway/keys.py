@@ -12,6 +12,7 @@ import base64
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,12 +128,15 @@ def new_encryption_key(now: datetime) -> EncryptionKey:
 
 class FileKeyRing:
     """The key ring file, re-read when it changes on disk, so that a ``keys rotate`` run beside a
-    serving gateway takes effect for new writes without a restart."""
+    serving gateway takes effect for new writes without a restart. The file is looked at no more
+    than once per ``recheck_seconds``, not on every row."""
 
-    def __init__(self, keys_dir: Path) -> None:
+    def __init__(self, keys_dir: Path, *, recheck_seconds: float = 1.0) -> None:
         self._path = keys_dir / ENCRYPTION_FILE
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
+        self._recheck = recheck_seconds
+        self._checked = time.monotonic()
         self._ring = self._load()
 
     def _load(self) -> KeyRing:
@@ -147,6 +151,10 @@ class FileKeyRing:
         return ring
 
     def current(self) -> KeyRing:
+        now = time.monotonic()
+        if now - self._checked < self._recheck:
+            return self._ring
+        self._checked = now
         try:
             stat = self._path.stat()
         except FileNotFoundError:

@@ -49,8 +49,27 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2),
         )
 
+        # Label look-ups cost more than the observation; the label sets are few (route templates).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._store_children: dict[str, Any] = {}
+
+    def observe_request(self, template: str, method: str, status: int, seconds: float) -> None:
+        key = (template, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(template, method, str(status)),
+                self.latency.labels(template, method),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
     def observe_store(self, operation: str, seconds: float) -> None:
-        self.store.labels(operation).observe(seconds)
+        child = self._store_children.get(operation)
+        if child is None:
+            child = self._store_children[operation] = self.store.labels(operation)
+        child.observe(seconds)
 
 
 class JsonFormatter(logging.Formatter):
@@ -138,8 +157,7 @@ class ObservabilityMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(elapsed)
+            self.metrics.observe_request(template, method, status, elapsed)
             if self.logger.isEnabledFor(logging.INFO):
                 self.logger.info(
                     "request",

@@ -1,9 +1,9 @@
-"""Request-scoped dependencies, as ``Annotated`` aliases so that routes read like prose.
+"""What a request is bound to: the gateway context, the requester, and the one store it may use.
 
-Who is asking is decided by the context's ``authenticate`` callable. Until SMART Backend
-Services tokens land it is an *auth placeholder* that refuses every request with 401; tests and
-the in-process demo build the app with an authenticator of their own (``fixed_requester``).
-Secure by default from the first commit.
+Who is asking is decided by the context's ``authenticate`` callable (see ``rest.bind``). Until
+SMART Backend Services tokens land it is an *auth placeholder* that refuses every request with
+401; tests and the in-process demo build the app with an authenticator of their own
+(``fixed_requester``). Secure by default from the first commit.
 """
 
 from __future__ import annotations
@@ -74,28 +74,18 @@ class GatewayContext:
         return fn(*args, **kwargs)
 
 
-# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a thread
-# pool, which would cost a thread hop on every request for a dictionary lookup.
-async def gateway_context(request: Request) -> GatewayContext:
-    ctx: GatewayContext = request.app.state.gateway
-    return ctx
-
-
-async def current_requester(request: Request) -> Requester:
-    ctx: GatewayContext = request.app.state.gateway
-    return await ctx.authenticate(request)
-
-
-async def request_store(
-    ctx: Annotated[GatewayContext, Depends(gateway_context)],
-    requester: Annotated[Requester, Depends(current_requester)],
-) -> ResourceStore:
+def request_store(ctx: GatewayContext, requester: Requester) -> ResourceStore:
     """The one store a route may use, bound to the requester. The consent issue replaces the
     body with ``ConsentedStore(ctx.store, requester)``; routes do not change."""
     del requester
     return ctx.store
 
 
+# FastAPI dependencies, for the operational routes. ``async def`` on purpose: FastAPI runs a plain
+# ``def`` dependency in a thread pool, a thread hop per request for a dictionary lookup.
+async def gateway_context(request: Request) -> GatewayContext:
+    ctx: GatewayContext = request.app.state.gateway
+    return ctx
+
+
 Context = Annotated[GatewayContext, Depends(gateway_context)]
-CurrentRequester = Annotated[Requester, Depends(current_requester)]
-RequestStore = Annotated[ResourceStore, Depends(request_store)]

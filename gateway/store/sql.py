@@ -6,6 +6,7 @@ decrypts only the rows of the page it returns.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -76,6 +77,9 @@ class SqlStore:
         self._keys = keys
         self._clock = clock
         self._on_timing = on_timing
+        self._local = threading.local() if engine.dialect.name == "sqlite" else None
+        self._readers: list[Any] = []
+        self._readers_lock = threading.Lock()
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         # Only the driver's placeholder is interpolated; values travel as parameters.
         self._read_sql = (
@@ -148,14 +152,7 @@ class SqlStore:
         dbapi = self._engine.dialect.dbapi
         assert dbapi is not None
         try:
-            conn = self._engine.raw_connection()
-            try:
-                cursor = conn.cursor()
-                cursor.execute(self._read_sql, (resource_type, resource_id))
-                row = cursor.fetchone()
-                cursor.close()
-            finally:
-                conn.close()
+            row = self._fetch_current(resource_type, resource_id)
         except dbapi.Error as exc:
             raise ServiceUnavailable("the database is unavailable") from exc
         finally:
@@ -169,6 +166,34 @@ class SqlStore:
         return _open(
             self._ring(), resource_type, resource_id, version_id, last_updated, key_id, payload
         )
+
+    def _fetch_current(self, resource_type: str, resource_id: str) -> Any:
+        if self._local is not None:
+            # SQLite: each thread keeps one reader connection (autocommit, so one SELECT is its
+            # own snapshot); a pool checkout would cost as much as the query.
+            conn: Any = getattr(self._local, "conn", None)
+            if conn is None:
+                # Detached: owned by this thread, not counted against (or returned to) the pool.
+                fairy = self._engine.raw_connection()
+                fairy.detach()
+                conn = self._local.conn = fairy.dbapi_connection
+                with self._readers_lock:
+                    self._readers.append(conn)
+            cursor = conn.cursor()
+            try:
+                cursor.execute(self._read_sql, (resource_type, resource_id))
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        conn = self._engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(self._read_sql, (resource_type, resource_id))
+            row = cursor.fetchone()
+            cursor.close()
+            return row
+        finally:
+            conn.close()
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         with self._session(write=False, op="vread") as s:
@@ -221,6 +246,11 @@ class SqlStore:
             return {str(k): int(n) for k, n in rows}
 
     def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._local = threading.local() if self._local is not None else None
         self._engine.dispose()
 
 

@@ -75,7 +75,7 @@ def test_rotation_keeps_old_rows_readable_and_reencrypt_moves_them(
 ) -> None:
     keys_dir = tmp_path / "keys"
     init_keys(keys_dir, START)
-    ring = FileKeyRing(keys_dir)
+    ring = FileKeyRing(keys_dir, recheck_seconds=0)
     store = SqlStore(sql_store.engine, ring, clock)
     old = store.create(patient(mrn="RSH-1"))
     first_key = ring.current().active
