@@ -61,7 +61,7 @@ Timing = Callable[[str, float], None]
 
 
 def _parse_stamp(value: str) -> datetime:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return datetime.fromisoformat(value + "+00:00")
 
 
 class SqlStore:
@@ -602,14 +602,18 @@ class _SqlSession:
         rows = rows[: query.count]
         if not after:
             rows.reverse()
-        matches = [self._decrypt(r) for r in rows]
-        keys = [_row_key(r, query) for r in rows]
+        ring = self._ring
+        # Page rows are live (deleted ones are filtered out): unpack and open them directly.
+        matches = [
+            _open(ring, rtype, rid_, version, updated, key_id, payload)
+            for _, rtype, rid_, version, updated, _, key_id, payload in rows
+        ]
         next_cursor = prev_cursor = None
         if rows:
             if (more and after) or not after:
-                next_cursor = Cursor(keys[-1], after=True).encode()
+                next_cursor = Cursor(_row_key(rows[-1], query), after=True).encode()
             if query.cursor is not None and (after or more):
-                prev_cursor = Cursor(keys[0], after=False).encode()
+                prev_cursor = Cursor(_row_key(rows[0], query), after=False).encode()
         included = self._included(query, [r.rid for r in rows], [r.id for r in rows])
         return SearchPage(matches, total, next_cursor, prev_cursor, included)
 
