@@ -196,30 +196,39 @@ def lookup(resource_type: str, name: str) -> SearchParam | None:
 # Extraction
 
 
+# Per type: (parameter, path split into steps), computed once.
+_PLAN: dict[str, tuple[tuple[SearchParam, tuple[str, ...]], ...]] = {
+    t: tuple((p, tuple(path.split("."))) for p in by_name.values() for path in p.paths)
+    for t, by_name in _BY_TYPE.items()
+}
+
+
 def extract(resource: dict[str, Any]) -> list[IndexEntry]:
     """All index rows for one resource; duplicates removed, order stable."""
     entries: dict[IndexEntry, None] = {}
-    for param in _BY_TYPE[resource["resourceType"]].values():
-        for path in param.paths:
-            for value in _walk(resource, path.split(".")):
-                for entry in _entries(param, value):
-                    entries[entry] = None
+    for param, steps in _PLAN[resource["resourceType"]]:
+        for value in _values(resource, steps):
+            for entry in _entries(param, value):
+                entries[entry] = None
     return list(entries)
 
 
-def _walk(node: Any, parts: list[str]) -> Iterator[Any]:
-    if not parts:
-        if isinstance(node, list):
-            yield from node
-        else:
-            yield node
-        return
-    if isinstance(node, list):
-        for item in node:
-            yield from _walk(item, parts)
-        return
-    if isinstance(node, dict) and parts[0] in node:
-        yield from _walk(node[parts[0]], parts[1:])
+def _values(resource: dict[str, Any], steps: tuple[str, ...]) -> list[Any]:
+    """The values at a dotted path, lists flattened at every step (FHIRPath-style)."""
+    nodes: list[Any] = [resource]
+    for step in steps:
+        found: list[Any] = []
+        for node in nodes:
+            if isinstance(node, dict):
+                value = node.get(step)
+                if isinstance(value, list):
+                    found.extend(value)
+                elif value is not None:
+                    found.append(value)
+        if not found:
+            return found
+        nodes = found
+    return nodes
 
 
 def _entries(param: SearchParam, value: Any) -> Iterator[IndexEntry]:

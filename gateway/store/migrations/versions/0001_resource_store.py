@@ -55,10 +55,14 @@ def upgrade() -> None:
         sa.Column("high", sa.String(32), nullable=True),
     )
     op.create_index("ix_search_rid", "search_index", ["rid"])
-    op.create_index("ix_search_token", "search_index", ["resource_type", "param", "code"])
-    op.create_index("ix_search_ref", "search_index", ["resource_type", "param", "ref_id"])
-    op.create_index("ix_search_text", "search_index", ["resource_type", "param", "text"])
-    op.create_index("ix_search_date", "search_index", ["resource_type", "param", "low", "high"])
+    for name, columns in (
+        ("ix_search_token", ["resource_type", "param", "code"]),
+        ("ix_search_ref", ["resource_type", "param", "ref_id"]),
+        ("ix_search_text", ["resource_type", "param", "text"]),
+        ("ix_search_date", ["resource_type", "param", "low", "high"]),
+    ):
+        only = sa.text(f"{columns[2]} IS NOT NULL")
+        op.create_index(name, "search_index", columns, sqlite_where=only, postgresql_where=only)
 
 
 def downgrade() -> None:
