@@ -242,14 +242,14 @@ class _MemorySession:
         out = []
         seen: set[tuple[str, str]] = set()
         for resource in resources:
-            key = (resource["resourceType"], resource.get("id") or "")
+            if not resource.get("id"):
+                out.append(self.create(resource))
+                continue
+            key = (resource["resourceType"], resource["id"])
             if key in seen:
                 raise Conflict("a batch names the same resource twice")
             seen.add(key)
-            if resource.get("id"):
-                out.append(self.update(key[0], key[1], resource, if_match=None)[0])
-            else:
-                out.append(self.create(resource))
+            out.append(self.update(key[0], key[1], resource, if_match=None)[0])
         return out
 
     # -- search ------------------------------------------------------------------------------

@@ -161,14 +161,15 @@ def test_write_many_creates_and_updates_in_the_callers_order(any_store: Resource
     written = any_store.write_many(
         [
             patient("Nguyen", "Linh", mrn="RSH-1"),
+            patient("Okafor", "Amina", mrn="RSH-2"),
             {**patient(), "id": existing.id, "gender": "other"},
             organization("harbor-clinic", "Harbor Community Clinic"),
         ]
     )
-    assert [w.resource_type for w in written] == ["Patient", "Patient", "Organization"]
-    assert written[1].id == existing.id
-    assert written[1].version_id == 2
-    assert written[2].id == "harbor-clinic"
+    assert [w.resource_type for w in written] == ["Patient", "Patient", "Patient", "Organization"]
+    assert written[2].id == existing.id
+    assert written[2].version_id == 2
+    assert written[3].id == "harbor-clinic"
     assert ids(search(any_store, "Patient", "family=nguyen")) == [written[0].id]
     assert body(any_store.read("Patient", existing.id))["gender"] == "other"
 
