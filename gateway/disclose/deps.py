@@ -26,12 +26,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Requester:
-    """Who is asking: a partner (its client id and kind), what it was granted, and why."""
+    """Who is asking: a partner (its client id, kind and Organization), what its token was
+    granted (SMART scopes) and why it asks (v3 PurposeOfUse codes)."""
 
     partner_id: str
-    kind: str
+    kind: str  # shelter | legal-aid | clinic | hospital | compliance | admin
+    organization: str = ""  # "Organization/<id>"
     scopes: tuple[str, ...] = ()
-    purpose_of_use: str | None = None
+    purpose_of_use: tuple[str, ...] = ()
 
 
 Authenticator = Callable[[Request], Awaitable[Requester]]
