@@ -60,32 +60,31 @@ def sqlite_engine(tmp_path: Path) -> Engine:
     return engine
 
 
+def _sql_store(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, clock: FrozenClock, key_ring: KeyRing
+) -> Iterator[SqlStore]:
+    if kind == "sqlite":
+        store = SqlStore(sqlite_engine(tmp_path), key_ring, clock)
+        yield store
+        store.close()
+        return
+    engine: Engine = request.getfixturevalue("postgres_engine")
+    _truncate(engine)
+    yield SqlStore(engine, key_ring, clock)
+
+
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def any_store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FrozenClock, key_ring: KeyRing
 ) -> Iterator[ResourceStore]:
     if request.param == "memory":
         yield MemoryStore(clock)
-        return
-    if request.param == "sqlite":
-        store = SqlStore(sqlite_engine(tmp_path), key_ring, clock)
-        yield store
-        store.close()
-        return
-    engine: Engine = request.getfixturevalue("postgres_engine")
-    _truncate(engine)
-    yield SqlStore(engine, key_ring, clock)
+    else:
+        yield from _sql_store(request.param, request, tmp_path, clock, key_ring)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def sql_store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FrozenClock, key_ring: KeyRing
 ) -> Iterator[SqlStore]:
-    if request.param == "sqlite":
-        store = SqlStore(sqlite_engine(tmp_path), key_ring, clock)
-        yield store
-        store.close()
-        return
-    engine: Engine = request.getfixturevalue("postgres_engine")
-    _truncate(engine)
-    yield SqlStore(engine, key_ring, clock)
+    yield from _sql_store(request.param, request, tmp_path, clock, key_ring)

@@ -87,23 +87,11 @@ class FhirEndpoints:
 
     async def search(self, request: Request) -> Response:
         ctx, store = await bind(request)
-        media = response_type(request)
-        params = list(request.query_params.multi_items())
-        result = await ctx.call(
-            self.ix.search,
-            store,
-            request.path_params["resource_type"],
-            params,
-            prefer=Prefer.parse(request.headers.get("prefer")),
-            now=ctx.clock.now(),
-        )
-        return to_response(result, media)
+        return await self._search(request, ctx, store, list(request.query_params.multi_items()))
 
     async def search_by_post(self, request: Request) -> Response:
         ctx, store = await bind(request)
-        media = response_type(request)
-        resource_type = request.path_params["resource_type"]
-        check_type(resource_type)
+        check_type(request.path_params["resource_type"])
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
@@ -113,10 +101,20 @@ class FhirEndpoints:
             params += parse_query_string(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise BadRequest("the form body is not UTF-8") from exc
+        return await self._search(request, ctx, store, params)
+
+    async def _search(
+        self,
+        request: Request,
+        ctx: GatewayContext,
+        store: ResourceStore,
+        params: list[tuple[str, str]],
+    ) -> Response:
+        media = response_type(request)
         result = await ctx.call(
             self.ix.search,
             store,
-            resource_type,
+            request.path_params["resource_type"],
             params,
             prefer=Prefer.parse(request.headers.get("prefer")),
             now=ctx.clock.now(),
