@@ -157,6 +157,9 @@ class Interactions:
     ) -> StoredResource | None:
         """Conditional create: 0 matches → None, 1 → that resource, more → 412."""
         query = self.parse_query(resource_type, parse_query_string(criteria.lstrip("?")), False)
+        if not query.clauses:
+            # Criteria that select everything would make "create if absent" mean "never create".
+            raise BadRequest("If-None-Exist needs at least one search criterion")
         session.serialize(f"conditional-create:{resource_type}?{criteria}")
         page = session.search(SearchQuery(resource_type, query.clauses, count=2))
         if not page.matches:

@@ -143,6 +143,14 @@ def test_conditional_create_returns_the_existing_match(client: TestClient) -> No
     assert again.json()["id"] == first.json()["id"]
 
 
+@pytest.mark.parametrize("criteria", ["", "_count=1", "_sort=_id"])
+def test_conditional_create_without_criteria_is_400(client: TestClient, criteria: str) -> None:
+    post(client, "/fhir/Patient", patient())
+    response = post(client, "/fhir/Patient", patient(), **{"If-None-Exist": criteria or "?"})
+    assert response.status_code == 400
+    assert client.get("/fhir/Patient?_summary=count").json()["total"] == 1
+
+
 def test_conditional_create_with_several_matches_is_412(client: TestClient) -> None:
     post(client, "/fhir/Patient", patient(mrn="A"))
     post(client, "/fhir/Patient", patient(mrn="B"))
