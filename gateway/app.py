@@ -14,6 +14,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.clock import Clock, SystemClock
+from gateway.disclose.auth import (
+    MemoryReplayGuard,
+    ReplayGuard,
+    SqlReplayGuard,
+    TokenService,
+    auth_routes,
+)
 from gateway.disclose.bundles import BundleProcessor
 from gateway.disclose.deps import Authenticator, Context, GatewayContext, refuse_everyone
 from gateway.disclose.interactions import Interactions
@@ -29,6 +36,7 @@ from gateway.errors import (
 from gateway.keys import FileKeyRing, KeyMaterialError
 from gateway.observability import Metrics, ObservabilityMiddleware, configure_logging
 from gateway.outcomes import error_outcome
+from gateway.partners import PartnerDirectory, ensure_organizations, partners_for
 from gateway.settings import Settings
 from gateway.store.database import ensure_schema, make_engine
 from gateway.store.port import ResourceStore
@@ -48,12 +56,26 @@ def create_app(
     *,
     store: ResourceStore | None = None,
     clock: Clock | None = None,
-    authenticate: Authenticator = refuse_everyone,
+    authenticate: Authenticator | None = None,
+    partners: PartnerDirectory | None = None,
+    tokens: TokenService | None = None,
 ) -> FastAPI:
+    """``authenticate`` given (tests, the in-process demo): it decides who asks. Otherwise, with
+    a partner directory (or a ready ``tokens`` service), SMART Backend Services bearer tokens do;
+    with neither, every ``/fhir`` request is refused (deny by default)."""
     clock = clock or SystemClock()
     metrics = Metrics()
     logger = configure_logging(settings.log_level)
     the_store: ResourceStore = store if store is not None else build_store(settings, clock, metrics)
+    if tokens is None and partners is not None:
+        replay: ReplayGuard = (
+            SqlReplayGuard(the_store.engine)
+            if isinstance(the_store, SqlStore)
+            else MemoryReplayGuard()
+        )
+        tokens = TokenService.from_settings(settings, partners, clock, replay)
+    if authenticate is None:
+        authenticate = tokens.authenticate if tokens is not None else refuse_everyone
     ctx = GatewayContext(
         settings=settings,
         store=the_store,
@@ -62,9 +84,12 @@ def create_app(
         authenticate=authenticate,
     )
     ctx.extras["metrics"] = metrics
+    ctx.extras["tokens"] = tokens
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if tokens is not None:
+            await ctx.call(ensure_organizations, the_store, tokens.directory)
         yield
         the_store.close()
 
@@ -86,6 +111,7 @@ def create_app(
     )
     app.router.routes.extend(routes)
     ctx.extras["fhir_routes"] = routes
+    app.router.routes.extend(auth_routes(tokens, settings))
     _operations_routes(app, settings)
     _error_handlers(app, logger)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, logger=logger)
@@ -152,5 +178,7 @@ def _error_handlers(app: FastAPI, logger: logging.Logger) -> None:
 
 
 def app_from_environment() -> FastAPI:
-    """Factory for granian workers: settings from the environment, keys checked."""
-    return create_app(Settings())
+    """Factory for granian workers: settings from the environment, keys checked, partners from
+    the partners file (a bad file stops start-up)."""
+    settings = Settings()
+    return create_app(settings, partners=partners_for(settings))

@@ -4,6 +4,7 @@ migrations in ``migrations/`` create it, and a test holds the two in step.
 ``resources``          one row per logical resource: where its current version is.
 ``resource_versions``  every version, its canonical JSON encrypted (AES-256-GCM) under ``key_id``.
 ``search_index``       search values of each *current* version, extracted at write time.
+``token_replay``       client-assertion ``jti`` values already used, until they expire (auth).
 Timestamps are fixed-width UTC strings (``searchparams.stamp``), so ordering is textual and the
 same on both databases.
 """
@@ -83,4 +84,16 @@ search_index = Table(
     Index("ix_search_ref", "resource_type", "param", "ref_id", **_only("ref_id")),
     Index("ix_search_text", "resource_type", "param", "text", **_only("text")),
     Index("ix_search_date", "resource_type", "param", "low", "high", **_only("low")),
+)
+
+# SMART Backend Services replay protection (gateway/disclose/auth.py): a client assertion's jti
+# is accepted once; the primary key makes a second insert fail on any instance. Rows can go once
+# ``expires_at`` has passed (the assertion would be refused as expired by then).
+token_replay = Table(
+    "token_replay",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    Column("expires_at", String(32), nullable=False),
+    Index("ix_token_replay_expires", "expires_at"),
 )
