@@ -12,11 +12,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The demo's own database under var/ is brought up to the current schema first.
 demo: $(STAMP)
+	$(BIN)/gateway db upgrade
 	$(BIN)/gateway demo
 
+# The demo network: demo partner keys are generated under var/keys (never committed).
 serve: $(STAMP)
-	$(BIN)/gateway serve --host 127.0.0.1 --port 8080
+	test -f var/keys/encryption-keys.json || GATEWAY_DEMO=true $(BIN)/gateway keys init
+	$(BIN)/gateway db upgrade
+	GATEWAY_DEMO=true $(BIN)/gateway serve --host 127.0.0.1 --port 8080
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway adapters tests benchmarks

@@ -18,6 +18,7 @@ from gateway.keys import (
     init_keys,
     rotate_encryption_key,
 )
+from gateway.partners import PartnersFileError, partners_for
 from gateway.settings import Settings
 from gateway.store.database import SchemaOutOfDate, ensure_schema, make_engine, upgrade
 
@@ -56,10 +57,14 @@ def serve(
     settings = _settings()
     try:
         check_keys(settings.keys_dir)
+        directory = partners_for(settings)  # a bad partners file stops start-up here, clearly
         ensure_schema(make_engine(settings.database_url, pool_size=1))
-    except (KeyMaterialError, SchemaOutOfDate) as exc:
+    except (KeyMaterialError, SchemaOutOfDate, PartnersFileError) as exc:
         raise _fail(str(exc)) from exc
-    console.print(f"serving {settings.fhir_base} on http://{host}:{port} ({workers} worker(s))")
+    console.print(
+        f"serving {settings.fhir_base} on http://{host}:{port} ({workers} worker(s)) "
+        f"for {len(list(directory))} partner(s)"
+    )
     Granian(
         "gateway.app:app_from_environment",
         factory=True,
