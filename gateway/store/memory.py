@@ -31,6 +31,7 @@ class _Head:
     rid: int
     resource_type: str
     id: str
+    contributor: str | None = None
     versions: list[StoredResource] = field(default_factory=list)
     index: list[IndexEntry] = field(default_factory=list)
 
@@ -61,9 +62,9 @@ class MemoryStore:
                 self._state.heads, self._state.next_rid = snapshot.heads, snapshot.next_rid
                 raise
 
-    def create(self, resource: dict[str, Any]) -> StoredResource:
+    def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
         with self.transaction() as s:
-            return s.create(resource)
+            return s.create(resource, contributor=contributor)
 
     def update(
         self,
@@ -72,9 +73,12 @@ class MemoryStore:
         resource: dict[str, Any],
         *,
         if_match: int | None,
+        contributor: str | None = None,
     ) -> tuple[StoredResource, bool]:
         with self.transaction() as s:
-            return s.update(resource_type, resource_id, resource, if_match=if_match)
+            return s.update(
+                resource_type, resource_id, resource, if_match=if_match, contributor=contributor
+            )
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         with self.transaction() as s:
@@ -108,9 +112,11 @@ class MemoryStore:
         with self._lock:
             return _MemorySession(self._state, self._clock).search(query)
 
-    def write_many(self, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
+    def write_many(
+        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
+    ) -> list[StoredResource]:
         with self.transaction() as s:
-            return s.write_many(resources)
+            return s.write_many(resources, contributor=contributor)
 
     def serialize(self, key: str) -> None:
         """Outside a unit of work there is nothing to hold a lock for."""
@@ -183,22 +189,24 @@ class _MemorySession:
             version.last_updated,
             False,
             version.body,
+            head.contributor,
         )
         head.versions.append(stored)
         head.index = list(version.index)
         return stored
 
-    def _new_head(self, resource_type: str, resource_id: str) -> _Head:
+    def _new_head(self, resource_type: str, resource_id: str, contributor: str | None) -> _Head:
         if (resource_type, resource_id) in self._state.heads:
             raise Conflict("the write conflicts with a concurrent change; retry")
-        head = _Head(self._state.next_rid, resource_type, resource_id)
+        head = _Head(self._state.next_rid, resource_type, resource_id, contributor)
         self._state.next_rid += 1
         self._state.heads[(resource_type, resource_id)] = head
         return head
 
-    def create(self, resource: dict[str, Any]) -> StoredResource:
+    def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
         version = prepare(resource, new_id(), 1, self._clock.now())
-        return self._write(self._new_head(version.resource_type, version.id), version)
+        head = self._new_head(version.resource_type, version.id, contributor)
+        return self._write(head, version)
 
     def update(
         self,
@@ -207,6 +215,7 @@ class _MemorySession:
         resource: dict[str, Any],
         *,
         if_match: int | None,
+        contributor: str | None = None,
     ) -> tuple[StoredResource, bool]:
         head = self._head(resource_type, resource_id)
         if head is None:
@@ -215,7 +224,8 @@ class _MemorySession:
                     f"If-Match given but {resource_type}/{resource_id} does not exist"
                 )
             version = prepare(resource, resource_id, 1, self._clock.now())
-            return self._write(self._new_head(resource_type, resource_id), version), True
+            head = self._new_head(resource_type, resource_id, contributor)
+            return self._write(head, version), True
         if if_match is not None and if_match != head.current.version_id:
             raise PreconditionFailed(
                 f"version conflict: {resource_type}/{resource_id} is at version "
@@ -232,24 +242,35 @@ class _MemorySession:
         now = self._clock.now().astimezone(UTC)
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         marker = StoredResource(
-            resource_type, resource_id, head.current.version_id + 1, now, True, b""
+            resource_type,
+            resource_id,
+            head.current.version_id + 1,
+            now,
+            True,
+            b"",
+            head.contributor,
         )
         head.versions.append(marker)
         head.index = []
         return marker
 
-    def write_many(self, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
+    def write_many(
+        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
+    ) -> list[StoredResource]:
         out = []
         seen: set[tuple[str, str]] = set()
         for resource in resources:
             if not resource.get("id"):
-                out.append(self.create(resource))
+                out.append(self.create(resource, contributor=contributor))
                 continue
             key = (resource["resourceType"], resource["id"])
             if key in seen:
                 raise Conflict("a batch names the same resource twice")
             seen.add(key)
-            out.append(self.update(key[0], key[1], resource, if_match=None)[0])
+            stored, _ = self.update(
+                key[0], key[1], resource, if_match=None, contributor=contributor
+            )
+            out.append(stored)
         return out
 
     # -- search ------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ class StoredResource:
     last_updated: datetime
     deleted: bool
     body: bytes  # canonical JSON; empty for a deletion marker
+    # The partner that created the resource (kept by the store, never in the body: who holds a
+    # survivor's record can itself be sensitive). None for data the gateway wrote itself.
+    contributor: str | None = None
 
     @property
     def reference(self) -> str:
@@ -47,7 +50,9 @@ class HistoryPage:
 
 
 class StoreSession(Protocol):
-    def create(self, resource: dict[str, Any]) -> StoredResource: ...
+    def create(
+        self, resource: dict[str, Any], *, contributor: str | None = None
+    ) -> StoredResource: ...
 
     def update(
         self,
@@ -56,8 +61,10 @@ class StoreSession(Protocol):
         resource: dict[str, Any],
         *,
         if_match: int | None,
+        contributor: str | None = None,
     ) -> tuple[StoredResource, bool]:
-        """Write a new version; create it under this id if absent. Returns (version, created)."""
+        """Write a new version; create it under this id if absent. Returns (version, created).
+        ``contributor`` becomes the resource's contributor only when this call creates it."""
         ...
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
@@ -87,7 +94,9 @@ class StoreSession(Protocol):
         write must not race another one)."""
         ...
 
-    def write_many(self, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
+    def write_many(
+        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
+    ) -> list[StoredResource]:
         """Batch ingest: create (no id) or create-or-update (with id) many resources at once."""
         ...
 

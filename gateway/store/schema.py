@@ -1,7 +1,8 @@
 """Tables of the store (SQLAlchemy Core). The same schema serves SQLite and PostgreSQL; Alembic
 migrations in ``migrations/`` create it, and a test holds the two in step.
 
-``resources``          one row per logical resource: where its current version is.
+``resources``          one row per logical resource: where its current version is, and who
+                       contributed it (kept here, never in the body).
 ``resource_versions``  every version, its canonical JSON encrypted (AES-256-GCM) under ``key_id``.
 ``search_index``       search values of each *current* version, extracted at write time.
 ``token_replay``       client-assertion ``jti`` values already used, until they expire (auth).
@@ -48,6 +49,8 @@ resources = Table(
     Column("version_id", Integer, nullable=False),
     Column("last_updated", String(32), nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
+    # The partner that created the resource: consent's "contributor may always read it back".
+    Column("contributor", String(64), nullable=True),
     UniqueConstraint("resource_type", "id", name="uq_resources_type_id"),
     Index("ix_resources_type_updated", "resource_type", "last_updated"),
 )

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    String,
     and_,
     delete,
     false,
@@ -120,9 +121,9 @@ class SqlStore:
         with self._session(write=True, op="transaction") as session:
             yield session
 
-    def create(self, resource: dict[str, Any]) -> StoredResource:
+    def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
         with self._session(write=True, op="create") as s:
-            return s.create(resource)
+            return s.create(resource, contributor=contributor)
 
     def update(
         self,
@@ -131,9 +132,12 @@ class SqlStore:
         resource: dict[str, Any],
         *,
         if_match: int | None,
+        contributor: str | None = None,
     ) -> tuple[StoredResource, bool]:
         with self._session(write=True, op="update") as s:
-            return s.update(resource_type, resource_id, resource, if_match=if_match)
+            return s.update(
+                resource_type, resource_id, resource, if_match=if_match, contributor=contributor
+            )
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         with self._session(write=True, op="delete") as s:
@@ -154,11 +158,18 @@ class SqlStore:
                 self._on_timing("read", time.perf_counter() - started)
         if row is None:
             raise not_found(resource_type, resource_id)
-        version_id, last_updated, deleted, key_id, payload = row
+        version_id, last_updated, deleted, key_id, payload, contributor = row
         if deleted:
             raise Gone(f"Resource {resource_type}/{resource_id} was deleted")
         return _open(
-            self._ring(), resource_type, resource_id, version_id, last_updated, key_id, payload
+            self._ring(),
+            resource_type,
+            resource_id,
+            version_id,
+            last_updated,
+            key_id,
+            payload,
+            contributor,
         )
 
     def _fetch_current(self, resource_type: str, resource_id: str) -> Any:
@@ -211,9 +222,11 @@ class SqlStore:
         with self._session(write=False, op="search") as s:
             return s.search(query)
 
-    def write_many(self, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
+    def write_many(
+        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
+    ) -> list[StoredResource]:
         with self._session(write=True, op="write_many") as s:
-            return s.write_many(resources)
+            return s.write_many(resources, contributor=contributor)
 
     def serialize(self, key: str) -> None:
         """Outside a unit of work there is nothing to hold a lock for."""
@@ -258,6 +271,7 @@ _CURRENT = (
         R.c.deleted,
         V.c.key_id,
         V.c.payload,
+        R.c.contributor,
     )
     .select_from(R)
     .join(V, and_(V.c.rid == R.c.rid, V.c.version_id == R.c.version_id))
@@ -277,7 +291,13 @@ class _SqlSession:
     def _decrypt(self, row: Any) -> StoredResource:
         if row.deleted:
             return StoredResource(
-                row.resource_type, row.id, row.version_id, _parse_stamp(row.last_updated), True, b""
+                row.resource_type,
+                row.id,
+                row.version_id,
+                _parse_stamp(row.last_updated),
+                True,
+                b"",
+                row.contributor,
             )
         return _open(
             self._ring,
@@ -287,6 +307,7 @@ class _SqlSession:
             row.last_updated,
             row.key_id,
             row.payload,
+            row.contributor,
         )
 
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
@@ -309,6 +330,7 @@ class _SqlSession:
                 V.c.deleted,
                 V.c.key_id,
                 V.c.payload,
+                R.c.contributor,
             )
             .select_from(R)
             .join(V, V.c.rid == R.c.rid)
@@ -333,8 +355,12 @@ class _SqlSession:
         since: datetime | None = None,
         before_version: int | None = None,
     ) -> HistoryPage:
-        rid = self._rid(resource_type, resource_id)
-        if rid is None:
+        head = self.conn.execute(
+            select(R.c.rid, R.c.contributor).where(
+                R.c.resource_type == resource_type, R.c.id == resource_id
+            )
+        ).first()
+        if head is None:
             raise not_found(resource_type, resource_id)
         q = (
             select(
@@ -345,8 +371,9 @@ class _SqlSession:
                 V.c.deleted,
                 V.c.key_id,
                 V.c.payload,
+                literal(head.contributor, String).label("contributor"),
             )
-            .where(V.c.rid == rid)
+            .where(V.c.rid == head.rid)
             .order_by(V.c.version_id.desc())
             .limit(count + 1)
         )
@@ -390,9 +417,8 @@ class _SqlSession:
         if version.index:
             self.conn.exec_driver_sql(self._sql.insert_index, _index_tuples(rid, version))
 
-    def create(self, resource: dict[str, Any]) -> StoredResource:
-        version = prepare(resource, new_id(), 1, self._clock.now())
-        rid = self.conn.execute(
+    def _insert_head(self, version: PreparedVersion, contributor: str | None) -> int:
+        rid: int = self.conn.execute(
             insert(R)
             .values(
                 resource_type=version.resource_type,
@@ -400,14 +426,20 @@ class _SqlSession:
                 version_id=1,
                 last_updated=stamp(version.last_updated),
                 deleted=False,
+                contributor=contributor,
             )
             .returning(R.c.rid)
         ).scalar_one()
         self._store_version(rid, version, replace_index=False)
-        return _stored(version)
+        return rid
+
+    def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
+        version = prepare(resource, new_id(), 1, self._clock.now())
+        self._insert_head(version, contributor)
+        return _stored(version, contributor)
 
     def _lock_head(self, resource_type: str, resource_id: str) -> Any:
-        q = select(R.c.rid, R.c.version_id, R.c.deleted).where(
+        q = select(R.c.rid, R.c.version_id, R.c.deleted, R.c.contributor).where(
             R.c.resource_type == resource_type, R.c.id == resource_id
         )
         if self._postgres:
@@ -421,6 +453,7 @@ class _SqlSession:
         resource: dict[str, Any],
         *,
         if_match: int | None,
+        contributor: str | None = None,
     ) -> tuple[StoredResource, bool]:
         head = self._lock_head(resource_type, resource_id)
         now = self._clock.now()
@@ -430,19 +463,8 @@ class _SqlSession:
                     f"If-Match given but {resource_type}/{resource_id} does not exist"
                 )
             version = prepare(resource, resource_id, 1, now)
-            rid = self.conn.execute(
-                insert(R)
-                .values(
-                    resource_type=resource_type,
-                    id=resource_id,
-                    version_id=1,
-                    last_updated=stamp(version.last_updated),
-                    deleted=False,
-                )
-                .returning(R.c.rid)
-            ).scalar_one()
-            self._store_version(rid, version, replace_index=False)
-            return _stored(version), True
+            self._insert_head(version, contributor)
+            return _stored(version, contributor), True
         if if_match is not None and if_match != head.version_id:
             raise PreconditionFailed(
                 f"version conflict: {resource_type}/{resource_id} is at version {head.version_id}"
@@ -450,7 +472,7 @@ class _SqlSession:
         version = prepare(resource, resource_id, head.version_id + 1, now)
         self._advance_head(head, version.version_id, version.last_updated, deleted=False)
         self._store_version(head.rid, version, replace_index=True)
-        return _stored(version), bool(head.deleted)
+        return _stored(version, head.contributor), bool(head.deleted)
 
     def _advance_head(self, head: Any, version_id: int, moment: datetime, *, deleted: bool) -> None:
         # The version guard turns a lost race on SQLite-less-locking paths into a clean conflict.
@@ -481,9 +503,13 @@ class _SqlSession:
             )
         )
         self.conn.execute(delete(SI).where(SI.c.rid == head.rid))
-        return StoredResource(resource_type, resource_id, version_id, now, True, b"")
+        return StoredResource(
+            resource_type, resource_id, version_id, now, True, b"", head.contributor
+        )
 
-    def write_many(self, resources: Sequence[dict[str, Any]]) -> list[StoredResource]:
+    def write_many(
+        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
+    ) -> list[StoredResource]:
         """The batch path: a handful of statements for the whole batch, whatever its size."""
         now = self._clock.now()
         with_ids = [r for r in resources if r.get("id")]
@@ -493,14 +519,19 @@ class _SqlSession:
             for chunk_start in range(0, len(keys), 500):
                 chunk = keys[chunk_start : chunk_start + 500]
                 for row in self.conn.execute(
-                    select(R.c.rid, R.c.resource_type, R.c.id, R.c.version_id, R.c.deleted).where(
-                        tuple_(R.c.resource_type, R.c.id).in_(chunk)
-                    )
+                    select(
+                        R.c.rid,
+                        R.c.resource_type,
+                        R.c.id,
+                        R.c.version_id,
+                        R.c.deleted,
+                        R.c.contributor,
+                    ).where(tuple_(R.c.resource_type, R.c.id).in_(chunk))
                 ):
                     heads[(row.resource_type, row.id)] = row
         fresh: list[PreparedVersion] = []
         existing: list[tuple[Any, PreparedVersion]] = []
-        in_order: list[PreparedVersion] = []
+        in_order: list[tuple[PreparedVersion, str | None]] = []
         seen: set[tuple[str, str]] = set()
         for resource in resources:
             rid_key = (resource["resourceType"], resource.get("id") or "")
@@ -510,11 +541,12 @@ class _SqlSession:
             if head is None:
                 version = prepare(resource, resource.get("id") or new_id(), 1, now)
                 fresh.append(version)
+                in_order.append((version, contributor))
             else:
                 version = prepare(resource, head.id, head.version_id + 1, now)
                 existing.append((head, version))
+                in_order.append((version, head.contributor))
             seen.add((version.resource_type, version.id))
-            in_order.append(version)
         rids: dict[tuple[str, str], int] = {}
         if fresh:
             heads_rows: list[dict[str, object]] = [
@@ -524,6 +556,7 @@ class _SqlSession:
                     "version_id": 1,
                     "last_updated": stamp(v.last_updated),
                     "deleted": False,
+                    "contributor": contributor,
                 }
                 for v in fresh
             ]
@@ -561,7 +594,7 @@ class _SqlSession:
         self.conn.exec_driver_sql(self._sql.insert_versions, version_rows)
         if index_rows:
             self.conn.exec_driver_sql(self._sql.insert_index, index_rows)
-        return [_stored(v) for v in in_order]
+        return [_stored(v, who) for v, who in in_order]
 
     def reencrypt_batch(self, batch_size: int) -> int:
         rows = self.conn.execute(
@@ -604,8 +637,8 @@ class _SqlSession:
         ring = self._ring
         # Page rows are live (deleted ones are filtered out): unpack and open them directly.
         matches = [
-            _open(ring, rtype, rid_, version, updated, key_id, payload)
-            for _, rtype, rid_, version, updated, _, key_id, payload in rows
+            _open(ring, rtype, rid_, version, updated, key_id, payload, who)
+            for _, rtype, rid_, version, updated, _, key_id, payload, who in rows
         ]
         next_cursor = prev_cursor = None
         if rows:
@@ -663,6 +696,7 @@ def _open(
     last_updated: str,
     key_id: str,
     payload: bytes,
+    contributor: str | None,
 ) -> StoredResource:
     try:
         body = ring.decrypt(key_id, bytes(payload), aad(resource_type, resource_id, version_id))
@@ -670,12 +704,14 @@ def _open(
         # Never serve an unauthenticated row: an integrity incident, not a 404.
         raise ServiceUnavailable("a stored resource failed its integrity check") from exc
     return StoredResource(
-        resource_type, resource_id, version_id, _parse_stamp(last_updated), False, body
+        resource_type, resource_id, version_id, _parse_stamp(last_updated), False, body, contributor
     )
 
 
-def _stored(v: PreparedVersion) -> StoredResource:
-    return StoredResource(v.resource_type, v.id, v.version_id, v.last_updated, False, v.body)
+def _stored(v: PreparedVersion, contributor: str | None) -> StoredResource:
+    return StoredResource(
+        v.resource_type, v.id, v.version_id, v.last_updated, False, v.body, contributor
+    )
 
 
 def _index_tuples(rid: int, v: PreparedVersion) -> list[tuple[Any, ...]]:
@@ -702,7 +738,8 @@ class _DriverSql:
 
         return cls(
             read_current=(
-                "SELECT r.version_id, r.last_updated, r.deleted, v.key_id, v.payload "  # noqa: S608
+                "SELECT r.version_id, r.last_updated, r.deleted, v.key_id, v.payload, "  # noqa: S608
+                "r.contributor "
                 "FROM resources r JOIN resource_versions v "
                 "ON v.rid = r.rid AND v.version_id = r.version_id "
                 f"WHERE r.resource_type = {marks(1)} AND r.id = {marks(1)}"

@@ -386,3 +386,53 @@ def test_a_cursor_for_another_sort_is_refused() -> None:
     token = Cursor(("2026-11-23T09:00:00.000000", 3)).encode()
     with pytest.raises(BadRequest):
         parse_search("CarePlan", [("_cursor", token)])
+
+
+# -- contributors --------------------------------------------------------------------------------
+
+
+def test_the_creator_stays_the_contributor_through_every_later_write(
+    any_store: ResourceStore,
+) -> None:
+    stored = any_store.create(patient(), contributor="riverside-shelter")
+    assert stored.contributor == "riverside-shelter"
+    updated, _ = any_store.update(
+        "Patient", stored.id, patient(gender="other"), if_match=None, contributor="harbor-clinic"
+    )
+    assert updated.contributor == "riverside-shelter"
+    assert any_store.read("Patient", stored.id).contributor == "riverside-shelter"
+    assert any_store.vread("Patient", stored.id, 1).contributor == "riverside-shelter"
+    history = any_store.history("Patient", stored.id, count=5)
+    assert {v.contributor for v in history.versions} == {"riverside-shelter"}
+    marker = any_store.delete("Patient", stored.id)
+    assert marker is not None
+    assert marker.contributor == "riverside-shelter"
+
+
+def test_update_as_create_and_batches_record_the_contributor(any_store: ResourceStore) -> None:
+    org, created = any_store.update(
+        "Organization",
+        "harbor-clinic",
+        organization("harbor-clinic", "Harbor"),
+        if_match=None,
+        contributor="harbor-clinic",
+    )
+    assert created
+    assert org.contributor == "harbor-clinic"
+    existing = any_store.create(patient(), contributor="riverside-shelter")
+    written = any_store.write_many(
+        [patient("Okafor", "Amina", mrn="RSH-2"), {**patient(), "id": existing.id}],
+        contributor="northside-legal-aid",
+    )
+    assert [w.contributor for w in written] == ["northside-legal-aid", "riverside-shelter"]
+    page = search(any_store, "Patient", "_sort=_id")
+    assert {(r.id, r.contributor) for r in page.matches} == {
+        (existing.id, "riverside-shelter"),
+        (written[0].id, "northside-legal-aid"),
+    }
+
+
+def test_data_the_gateway_wrote_itself_has_no_contributor(any_store: ResourceStore) -> None:
+    stored = any_store.create(patient())
+    assert stored.contributor is None
+    assert any_store.read("Patient", stored.id).contributor is None
