@@ -125,6 +125,11 @@ class Seeded:
 # -- seeding -------------------------------------------------------------------------------------
 
 
+# The partner the trusted test app authenticates every request as (tests/support/trusted_app.py);
+# seeding in its name makes the data its own, visible to it like a partner's own records.
+REQUESTER = "test-admin"
+
+
 def seed(tmp: Path, patients: int, plans: int, console: Console) -> tuple[dict[str, str], Seeded]:
     """Create keys and a seeded SQLite database; write the baselines' data file."""
     keys_dir = tmp / "keys"
@@ -140,7 +145,7 @@ def seed(tmp: Path, patients: int, plans: int, console: Console) -> tuple[dict[s
             stored_patients = []
             for start in range(0, patients, 500):
                 batch = [patient(rng, n) for n in range(start, min(start + 500, patients))]
-                stored_patients += store.write_many(batch)
+                stored_patients += store.write_many(batch, contributor=REQUESTER)
                 progress.advance(task, len(batch))
             ids = [p.id for p in stored_patients]
             subject = f"Patient/{ids[0]}"
@@ -149,7 +154,7 @@ def seed(tmp: Path, patients: int, plans: int, console: Console) -> tuple[dict[s
             docs += [care_plan(rng, 10_000 + n, f"Patient/{i}") for n, i in enumerate(ids[1:301])]
             task = progress.add_task("seeding CarePlans", total=len(docs))
             for start in range(0, len(docs), 500):
-                store.write_many(docs[start : start + 500])
+                store.write_many(docs[start : start + 500], contributor=REQUESTER)
                 progress.advance(task, len(docs[start : start + 500]))
         bodies = {pid: store.read("Patient", pid).body.decode() for pid in ids}
         params = [("subject", subject), ("_count", str(SEARCH_COUNT))]

@@ -45,9 +45,8 @@ def run_demo(settings: Settings, console: Console) -> int:
 
 
 async def _walkthrough(settings: Settings, console: Console) -> None:
-    app = create_app(
-        settings, authenticate=fixed_requester(Requester(partner_id="gateway-admin", kind="admin"))
-    )
+    admin = Requester(partner_id="gateway-admin", kind="admin", scopes=("system/*.cruds",))
+    app = create_app(settings, authenticate=fixed_requester(admin))
     steps = Table("step", "request", "status", "what came back", title="Gateway walkthrough")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=settings.base_url) as client:

@@ -5,6 +5,7 @@ GatewayError
 ├── BadRequest            400  malformed request, bad parameter, bad JSON
 │   └── UnknownParameter  400  search parameter the server does not support
 ├── Unauthorized          401  no or bad credentials
+├── Forbidden             403  the token's scopes do not cover the interaction (never about data)
 ├── NotFound              404  absent, or not visible to the requester (same answer)
 ├── MethodNotAllowed      405
 ├── NotAcceptable         406  asked for a format other than FHIR JSON
@@ -61,6 +62,11 @@ class UnknownParameter(BadRequest):
 class Unauthorized(GatewayError):
     status = 401
     issue_code = "login"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    issue_code = "forbidden"
 
 
 class NotFound(GatewayError):

@@ -32,7 +32,7 @@ from gateway.disclose.interactions import (
 from gateway.errors import BadRequest, GatewayError, Issue
 from gateway.ingest.validate import validate_resource
 from gateway.outcomes import error_outcome
-from gateway.store.port import ResourceStore, StoreSession
+from gateway.store.port import StoreSession, UnitOfWorkStore
 from gateway.store.records import fhir_instant, new_id
 from gateway.store.searchparams import RESOURCE_TYPES
 
@@ -130,7 +130,7 @@ class BundleProcessor:
         self._ix = interactions
         self._max_depth = max_depth
 
-    def process(self, store: ResourceStore, doc: Any, now: datetime) -> bytes:
+    def process(self, store: UnitOfWorkStore, doc: Any, now: datetime) -> bytes:
         kind, entries = parse_bundle(doc)
         if kind == "batch":
             return self._batch(store, entries, now)
@@ -138,7 +138,7 @@ class BundleProcessor:
 
     # -- batch ------------------------------------------------------------------------------
 
-    def _batch(self, store: ResourceStore, entries: list[Entry], now: datetime) -> bytes:
+    def _batch(self, store: UnitOfWorkStore, entries: list[Entry], now: datetime) -> bytes:
         out = []
         for entry in entries:
             try:
@@ -160,7 +160,7 @@ class BundleProcessor:
 
     # -- transaction ------------------------------------------------------------------------
 
-    def _transaction(self, store: ResourceStore, entries: list[Entry], now: datetime) -> bytes:
+    def _transaction(self, store: UnitOfWorkStore, entries: list[Entry], now: datetime) -> bytes:
         for entry in entries:
             if entry.resource is not None:
                 _validate(entry)

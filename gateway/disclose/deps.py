@@ -16,9 +16,10 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from gateway.clock import Clock
+from gateway.consent.store import ConsentedStore
 from gateway.errors import Unauthorized
 from gateway.settings import Settings
-from gateway.store.port import ResourceStore
+from gateway.store.port import ResourceStore, UnitOfWorkStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -76,11 +77,9 @@ class GatewayContext:
         return fn(*args, **kwargs)
 
 
-def request_store(ctx: GatewayContext, requester: Requester) -> ResourceStore:
-    """The one store a route may use, bound to the requester. The consent issue replaces the
-    body with ``ConsentedStore(ctx.store, requester)``; routes do not change."""
-    del requester
-    return ctx.store
+def request_store(ctx: GatewayContext, requester: Requester) -> UnitOfWorkStore:
+    """The one store a route may use: the raw store bound to the requester by consent."""
+    return ConsentedStore(ctx.store, requester)
 
 
 # FastAPI dependencies, for the operational routes. ``async def`` on purpose: FastAPI runs a plain

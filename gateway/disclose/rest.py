@@ -30,7 +30,7 @@ from gateway.disclose.interactions import (
 )
 from gateway.errors import BadRequest, UnsupportedMediaType
 from gateway.ingest.validate import validate_resource
-from gateway.store.port import ResourceStore
+from gateway.store.port import UnitOfWorkStore
 from gateway.store.searchparams import RESOURCE_TYPES
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -47,7 +47,7 @@ class FhirRoute(Route):
         return match, child
 
 
-async def bind(request: Request) -> tuple[GatewayContext, ResourceStore]:
+async def bind(request: Request) -> tuple[GatewayContext, UnitOfWorkStore]:
     """Who is asking, and the one store they may use. Every data route starts here."""
     ctx: GatewayContext = request.app.state.gateway
     requester = await ctx.authenticate(request)
@@ -107,7 +107,7 @@ class FhirEndpoints:
         self,
         request: Request,
         ctx: GatewayContext,
-        store: ResourceStore,
+        store: UnitOfWorkStore,
         params: list[tuple[str, str]],
     ) -> Response:
         media = response_type(request)

@@ -21,6 +21,7 @@ from gateway.store.query import (
     SearchQuery,
     clause_matches,
     date_matches,
+    visible_without_consent,
 )
 from gateway.store.records import PreparedVersion, new_id, prepare
 from gateway.store.searchparams import IndexEntry, stamp
@@ -293,6 +294,7 @@ class _MemorySession:
             for h in self._state.heads.values()
             if h.resource_type == query.resource_type
             and not h.current.deleted
+            and self._visible(query, h)
             and all(self._matches(h, c) for c in query.clauses)
         ]
         total = len(hits)
@@ -331,6 +333,12 @@ class _MemorySession:
         included = self._included(query, page)
         return SearchPage([h.current for h in page], total, next_cursor, prev_cursor, included)
 
+    @staticmethod
+    def _visible(query: SearchQuery, head: _Head) -> bool:
+        return query.visible_to is None or visible_without_consent(
+            query.visible_to, head.resource_type, head.contributor
+        )
+
     def _included(self, query: SearchQuery, page: list[_Head]) -> list[StoredResource]:
         out: dict[tuple[str, str], StoredResource] = {}
         for inc in query.includes:
@@ -341,12 +349,20 @@ class _MemorySession:
                     if inc.target_type and e.ref_type != inc.target_type:
                         continue
                     target = self._head(e.ref_type, e.ref_id)
-                    if target is not None and not target.current.deleted:
+                    if (
+                        target is not None
+                        and not target.current.deleted
+                        and self._visible(query, target)
+                    ):
                         out[(e.ref_type, e.ref_id)] = target.current
         ids = {h.id for h in page}
         for inc in query.revincludes:
             for other in sorted(self._state.heads.values(), key=lambda h: h.rid):
-                if other.resource_type != inc.source_type or other.current.deleted:
+                if (
+                    other.resource_type != inc.source_type
+                    or other.current.deleted
+                    or not self._visible(query, other)
+                ):
                     continue
                 if any(
                     e.param == inc.param and e.ref_type == query.resource_type and e.ref_id in ids

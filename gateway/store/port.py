@@ -101,8 +101,14 @@ class StoreSession(Protocol):
         ...
 
 
-class ResourceStore(StoreSession, Protocol):
+class UnitOfWorkStore(StoreSession, Protocol):
+    """What the REST layer is handed: the operations, and atomic units of work."""
+
     def transaction(self) -> AbstractContextManager[StoreSession]: ...
+
+
+class ResourceStore(UnitOfWorkStore, Protocol):
+    """The raw store: also administration. Never handed to a route (see deps.request_store)."""
 
     def ping(self) -> None:
         """Raise ServiceUnavailable when the database cannot be reached."""

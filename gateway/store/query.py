@@ -119,6 +119,22 @@ class SearchQuery:
     summary_count: bool = False
     # What the next link must repeat (everything but the cursor), in request order.
     echo: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # Set by the consent layer, never by a client: restrict matches *and* includes to what
+    # ``visible_to`` may see without a Consent (see ``directory_entry``), inside the store, so
+    # that totals and paging count only those.
+    visible_to: str | None = None
+
+
+# Resources that are network directory data, not a survivor's: the gateway's own copies (no
+# contributor) are visible to every partner.
+DIRECTORY_TYPES = frozenset({"Organization"})
+
+
+def visible_without_consent(partner_id: str, resource_type: str, contributor: str | None) -> bool:
+    """The contributor reads its own records back; the gateway's directory entries are public."""
+    if contributor is not None:
+        return contributor == partner_id
+    return resource_type in DIRECTORY_TYPES
 
 
 SORTABLE = frozenset({"_lastUpdated", "_id"})

@@ -45,6 +45,7 @@ from gateway.errors import (
 from gateway.keys import DecryptionError, FileKeyRing, KeyRing
 from gateway.store.port import HistoryPage, SearchPage, StoredResource
 from gateway.store.query import (
+    DIRECTORY_TYPES,
     Clause,
     Cursor,
     DateCriterion,
@@ -620,6 +621,8 @@ class _SqlSession:
     def search(self, query: SearchQuery) -> SearchPage:
         where = [R.c.resource_type == query.resource_type, R.c.deleted == false()]
         where.extend(_clause_sql(query.resource_type, c) for c in query.clauses)
+        if query.visible_to is not None:
+            where.append(_visible_sql(query.visible_to))
         total = self.conn.execute(select(func.count()).select_from(R).where(*where)).scalar_one()
         if query.summary_count or query.count == 0:
             return SearchPage([], total)
@@ -654,6 +657,7 @@ class _SqlSession:
     ) -> list[StoredResource]:
         if not rids or not (query.includes or query.revincludes):
             return []
+        visible = [] if query.visible_to is None else [_visible_sql(query.visible_to)]
         wanted: dict[tuple[str, str], None] = {}
         for inc in query.includes:
             q = select(SI.c.ref_type, SI.c.ref_id).where(
@@ -669,7 +673,9 @@ class _SqlSession:
                 chunk = list(wanted)[chunk_start : chunk_start + 500]
                 for row in self.conn.execute(
                     _CURRENT.where(
-                        tuple_(R.c.resource_type, R.c.id).in_(chunk), R.c.deleted == false()
+                        tuple_(R.c.resource_type, R.c.id).in_(chunk),
+                        R.c.deleted == false(),
+                        *visible,
                     )
                 ):
                     out[(row.resource_type, row.id)] = self._decrypt(row)
@@ -681,11 +687,19 @@ class _SqlSession:
                 SI.c.ref_id.in_(ids),
             )
             for row in self.conn.execute(
-                _CURRENT.where(R.c.rid.in_(sub), R.c.deleted == false()).order_by(R.c.rid)
+                _CURRENT.where(R.c.rid.in_(sub), R.c.deleted == false(), *visible).order_by(R.c.rid)
             ):
                 out[(row.resource_type, row.id)] = self._decrypt(row)
         page = {(query.resource_type, i) for i in ids}
         return [res for key, res in out.items() if key not in page]
+
+
+def _visible_sql(partner_id: str) -> ColumnElement[bool]:
+    """SQL for ``query.visible_without_consent``; the two must agree (contract tests)."""
+    return or_(
+        R.c.contributor == partner_id,
+        and_(R.c.contributor.is_(None), R.c.resource_type.in_(sorted(DIRECTORY_TYPES))),
+    )
 
 
 def _open(

@@ -436,3 +436,30 @@ def test_data_the_gateway_wrote_itself_has_no_contributor(any_store: ResourceSto
     stored = any_store.create(patient())
     assert stored.contributor is None
     assert any_store.read("Patient", stored.id).contributor is None
+
+
+def test_visible_to_keeps_a_partners_own_records_and_the_gateways_directory(
+    any_store: ResourceStore,
+) -> None:
+    from dataclasses import replace
+
+    mine = any_store.create(patient(mrn="HCC-1"), contributor="harbor-clinic")
+    any_store.create(patient(mrn="RSH-1"), contributor="riverside-shelter")
+    plan = any_store.create(care_plan(mine.id), contributor="harbor-clinic")
+    any_store.update(
+        "Organization", "harbor-clinic", organization("harbor-clinic", "Harbor"), if_match=None
+    )
+    any_store.create({"resourceType": "Organization", "name": "Riverside"}, contributor="x")
+    query = parse_search("Patient", [("_revinclude", "CarePlan:subject")])
+    page = any_store.search(replace(query, visible_to="harbor-clinic"))
+    assert (page.total, ids(page)) == (1, [mine.id])
+    assert [r.id for r in page.included] == [plan.id]
+    orgs = any_store.search(replace(parse_search("Organization", []), visible_to="harbor-clinic"))
+    assert ids(orgs) == ["harbor-clinic"]
+    plans = any_store.search(
+        replace(
+            parse_search("CarePlan", [("_include", "CarePlan:subject")]),
+            visible_to="riverside-shelter",
+        )
+    )
+    assert (plans.total, plans.included) == (0, [])

@@ -35,7 +35,9 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
-    shelter = fixed_requester(Requester(partner_id="riverside-shelter", kind="shelter"))
+    shelter = fixed_requester(
+        Requester(partner_id="riverside-shelter", kind="shelter", scopes=("system/*.cruds",))
+    )
     app = create_app(settings, store=sql_store, clock=clock, authenticate=shelter)
     with TestClient(app, base_url=BASE) as test_client:
         yield test_client

@@ -653,7 +653,9 @@ def test_an_explicit_authenticator_still_wins_over_partners(
 ) -> None:
     from gateway.disclose.deps import Requester, fixed_requester
 
-    admin = fixed_requester(Requester(partner_id="gateway-admin", kind="admin"))
+    admin = fixed_requester(
+        Requester(partner_id="gateway-admin", kind="admin", scopes=("system/*.cruds",))
+    )
     app = create_app(settings, store=sql_store, clock=clock, partners=network, authenticate=admin)
     with TestClient(app, base_url=BASE) as client:
         assert client.get("/fhir/Organization/harbor-clinic").status_code == 200

@@ -21,5 +21,5 @@ def build() -> FastAPI:
     partner_id, _, kind = os.environ.get("GATEWAY_TEST_REQUESTER", "test-admin:admin").partition(
         ":"
     )
-    requester = Requester(partner_id=partner_id, kind=kind or "admin")
+    requester = Requester(partner_id=partner_id, kind=kind or "admin", scopes=("system/*.cruds",))
     return create_app(Settings(), authenticate=fixed_requester(requester))

@@ -1,0 +1,189 @@
+"""``ConsentedStore``: the only store a request is handed (``deps.request_store``). It binds the
+raw store to one requester, so that no route can read around it (DESIGN section 4, "One read
+path").
+
+What it enforces today:
+- **Scopes**: the token's SMART scopes must cover the type and interaction (403 otherwise; a
+  statement about the token, never about data).
+- **The rules that need no Consent**: a partner sees, changes and deletes the records it
+  contributed, and every partner sees the gateway's own directory entries (Organizations);
+  everything else is absent: a read answers 404 with the same body as a true 404, a search
+  neither returns nor counts it, ``_include`` does not pull it in. The filter runs inside the
+  store (``SearchQuery.visible_to``), so totals and paging count only visible resources.
+- **Attribution**: every write records the requester as contributor of what it creates.
+
+Next (issue 4, in progress): releasing other partners' records where ``consent.engine.decide``
+permits, then ``consent.redact``. Until then this store errs on the side of disclosing nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from gateway.disclose.scopes import ScopeGrant
+from gateway.errors import Forbidden, Gone, NotFound, not_found
+from gateway.store.port import (
+    HistoryPage,
+    SearchPage,
+    StoredResource,
+    StoreSession,
+    UnitOfWorkStore,
+)
+from gateway.store.query import SearchQuery, visible_without_consent
+
+if TYPE_CHECKING:
+    from gateway.disclose.deps import Requester
+
+
+class ConsentedSession:
+    """The operations, on a raw store or on one of its units of work, for one requester."""
+
+    def __init__(self, raw: StoreSession, requester: Requester) -> None:
+        self._raw = raw
+        self._requester = requester
+        self._grant = ScopeGrant.parse(requester.scopes)
+
+    # -- rules ------------------------------------------------------------------------------
+
+    def _allow(self, resource_type: str, interaction: str) -> None:
+        if not self._grant.allows(resource_type, interaction):
+            raise Forbidden(
+                f"the access token's scopes do not allow {interaction} on {resource_type}"
+            )
+
+    def _visible(self, stored: StoredResource) -> bool:
+        return visible_without_consent(
+            self._requester.partner_id, stored.resource_type, stored.contributor
+        )
+
+    def _require_visible(self, resource_type: str, resource_id: str) -> None:
+        """Writes to a resource the requester cannot see are answered as if it were absent."""
+        try:
+            current = self._raw.read(resource_type, resource_id)
+        except Gone:
+            current = self._last_live(resource_type, resource_id)
+        except NotFound:
+            return
+        if not self._visible(current):
+            raise not_found(resource_type, resource_id)
+
+    def _last_live(self, resource_type: str, resource_id: str) -> StoredResource:
+        # A deletion marker carries the head's contributor, so it decides like the resource.
+        return self._raw.history(resource_type, resource_id, count=1).versions[0]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def read(self, resource_type: str, resource_id: str) -> StoredResource:
+        self._allow(resource_type, "read")
+        try:
+            stored = self._raw.read(resource_type, resource_id)
+        except Gone:
+            # 410 only for a requester that could see the resource; for anyone else, absent.
+            if not self._visible(self._last_live(resource_type, resource_id)):
+                raise not_found(resource_type, resource_id) from None
+            raise
+        if not self._visible(stored):
+            raise not_found(resource_type, resource_id)
+        return stored
+
+    def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
+        self._allow(resource_type, "read")
+        try:
+            stored = self._raw.vread(resource_type, resource_id, version_id)
+        except Gone:
+            if not self._visible(self._last_live(resource_type, resource_id)):
+                raise not_found(resource_type, resource_id) from None
+            raise
+        if not self._visible(stored):
+            raise not_found(resource_type, resource_id)
+        return stored
+
+    def history(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        count: int,
+        since: datetime | None = None,
+        before_version: int | None = None,
+    ) -> HistoryPage:
+        self._allow(resource_type, "read")
+        page = self._raw.history(
+            resource_type, resource_id, count=count, since=since, before_version=before_version
+        )
+        if not self._visible(self._last_live(resource_type, resource_id)):
+            raise not_found(resource_type, resource_id)
+        return page
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        self._allow(query.resource_type, "search")
+        for include in (*query.includes, *query.revincludes):
+            self._allow(include.source_type, "search")
+        included_types = {i.target_type for i in query.includes if i.target_type}
+        for target in included_types:
+            self._allow(target, "read")
+        page = self._raw.search(replace(query, visible_to=self._requester.partner_id))
+        # An _include without a target type may reach any type: keep only what scopes allow.
+        included = [r for r in page.included if self._grant.allows(r.resource_type, "read")]
+        return replace(page, included=included)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
+        del contributor  # always the requester: a partner cannot write in another's name
+        self._allow(resource["resourceType"], "create")
+        return self._raw.create(resource, contributor=self._requester.partner_id)
+
+    def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None,
+        contributor: str | None = None,
+    ) -> tuple[StoredResource, bool]:
+        del contributor
+        self._allow(resource_type, "update")
+        self._require_visible(resource_type, resource_id)
+        return self._raw.update(
+            resource_type,
+            resource_id,
+            resource,
+            if_match=if_match,
+            contributor=self._requester.partner_id,
+        )
+
+    def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        self._allow(resource_type, "delete")
+        self._require_visible(resource_type, resource_id)
+        return self._raw.delete(resource_type, resource_id)
+
+    def write_many(
+        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
+    ) -> list[StoredResource]:
+        del contributor
+        for resource in resources:
+            self._allow(resource["resourceType"], "update" if resource.get("id") else "create")
+            if resource.get("id"):
+                self._require_visible(resource["resourceType"], resource["id"])
+        return self._raw.write_many(resources, contributor=self._requester.partner_id)
+
+    def serialize(self, key: str) -> None:
+        self._raw.serialize(key)
+
+
+class ConsentedStore(ConsentedSession):
+    def __init__(self, raw: UnitOfWorkStore, requester: Requester) -> None:
+        super().__init__(raw, requester)
+        self._store = raw
+
+    @contextmanager
+    def transaction(self) -> Iterator[ConsentedSession]:
+        """A unit of work bound to the same requester: a Bundle cannot read around consent."""
+        with self._store.transaction() as session:
+            yield ConsentedSession(session, self._requester)

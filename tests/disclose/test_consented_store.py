@@ -1,0 +1,304 @@
+"""Who sees what through the REST surface, before any Consent is involved: a partner sees the
+records it contributed and the gateway's directory entries, and nothing else exists for it.
+Every route goes through ``ConsentedStore``; a route that did not would fail the route walk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.clock import FrozenClock
+from gateway.disclose.deps import Requester, fixed_requester
+from gateway.settings import Settings
+from gateway.store.sql import SqlStore
+from tests.disclose.conftest import BASE
+from tests.disclose.test_rest import FHIR
+from tests.support.records import MRN, care_plan, patient, referral, task
+
+ALL = ("system/*.cruds",)
+
+
+def partner_client(
+    settings: Settings,
+    store: SqlStore,
+    clock: FrozenClock,
+    partner_id: str,
+    kind: str,
+    scopes: tuple[str, ...] = ALL,
+) -> TestClient:
+    requester = Requester(partner_id, kind, f"Organization/{partner_id}", scopes, ("TREAT",))
+    app = create_app(settings, store=store, clock=clock, authenticate=fixed_requester(requester))
+    return TestClient(app, base_url=BASE)
+
+
+@pytest.fixture
+def shelter(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
+    with partner_client(settings, sql_store, clock, "riverside-shelter", "shelter") as c:
+        yield c
+
+
+@pytest.fixture
+def clinic(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
+    with partner_client(settings, sql_store, clock, "harbor-clinic", "clinic") as c:
+        yield c
+
+
+def post(client: TestClient, url: str, resource: dict[str, Any], **headers: str) -> Any:
+    return client.post(url, content=orjson.dumps(resource), headers={**FHIR, **headers})
+
+
+@pytest.fixture
+def shelter_record(shelter: TestClient) -> dict[str, str]:
+    """A survivor the shelter registered, with a plan and a referral to the clinic."""
+    survivor = post(shelter, "/fhir/Patient", patient("Álvarez", "María", mrn="RSH-000412")).json()
+    plan = post(shelter, "/fhir/CarePlan", care_plan(survivor["id"])).json()
+    ref = post(shelter, "/fhir/ServiceRequest", referral(survivor["id"])).json()
+    work = post(shelter, "/fhir/Task", task(ref["id"], survivor["id"])).json()
+    return {
+        "patient": survivor["id"],
+        "plan": plan["id"],
+        "referral": ref["id"],
+        "task": work["id"],
+    }
+
+
+def test_a_partner_reads_back_what_it_contributed(
+    shelter: TestClient, shelter_record: dict[str, str]
+) -> None:
+    assert shelter.get(f"/fhir/Patient/{shelter_record['patient']}").status_code == 200
+
+
+def test_another_partner_gets_the_same_404_as_for_a_record_that_does_not_exist(
+    clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    hidden = clinic.get(f"/fhir/Patient/{shelter_record['patient']}")
+    absent = clinic.get("/fhir/Patient/00000000-0000-4000-8000-000000000000")
+    assert hidden.status_code == absent.status_code == 404
+    assert hidden.json()["issue"][0]["code"] == absent.json()["issue"][0]["code"] == "not-found"
+    assert "Álvarez" not in hidden.text
+
+
+def test_search_neither_returns_nor_counts_another_partners_records(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    own = post(clinic, "/fhir/Patient", patient("Okafor", "Amina", mrn="HCC-9")).json()
+    found = clinic.get("/fhir/Patient?_count=1").json()
+    assert found["total"] == 1
+    assert [e["resource"]["id"] for e in found["entry"]] == [own["id"]]
+    assert not [link for link in found["link"] if link["relation"] == "next"]
+    by_identifier = clinic.get(f"/fhir/Patient?identifier={MRN}|RSH-000412").json()
+    assert by_identifier["total"] == 0
+    assert shelter.get("/fhir/Patient?_summary=count").json()["total"] == 1
+
+
+def test_paging_counts_only_visible_records_and_every_page_but_the_last_is_full(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    mine = post(clinic, "/fhir/Patient", patient("Nguyen", "Linh", mrn="HCC-1")).json()["id"]
+    for n in range(5):
+        post(shelter, "/fhir/CarePlan", care_plan(shelter_record["patient"], title=f"Shelter {n}"))
+        post(clinic, "/fhir/CarePlan", care_plan(mine, title=f"Clinic {n}"))
+    page = clinic.get("/fhir/CarePlan?_count=2").json()
+    sizes = []
+    while True:
+        assert page["total"] == 5
+        sizes.append(len(page["entry"]))
+        assert all("Clinic" in e["resource"]["title"] for e in page["entry"])
+        nxt = [link["url"] for link in page["link"] if link["relation"] == "next"]
+        if not nxt:
+            break
+        page = clinic.get(nxt[0]).json()
+    assert sizes == [2, 2, 1]
+
+
+def test_include_never_pulls_in_a_hidden_record(
+    clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    own = post(clinic, "/fhir/ServiceRequest", referral(shelter_record["patient"])).json()
+    bundle = clinic.get(
+        f"/fhir/ServiceRequest?_id={own['id']}&_include=ServiceRequest:subject"
+        "&_revinclude=Task:focus&_include=ServiceRequest:performer"
+    ).json()
+    types = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert types == ["ServiceRequest"]
+    assert "Álvarez" not in orjson.dumps(bundle).decode()
+
+
+def test_another_partner_cannot_change_or_delete_a_record_it_cannot_see(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    url = f"/fhir/Patient/{shelter_record['patient']}"
+    doc = shelter.get(url).json()
+    overwrite = clinic.put(url, content=orjson.dumps({**doc, "gender": "male"}), headers=FHIR)
+    assert overwrite.status_code == 404
+    assert clinic.delete(url).status_code == 404
+    after = shelter.get(url)
+    assert after.status_code == 200
+    assert after.json()["gender"] == "female"
+    assert after.json()["meta"]["versionId"] == "1"
+
+
+def test_history_and_vread_of_a_hidden_record_are_404(
+    clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    url = f"/fhir/Patient/{shelter_record['patient']}"
+    assert clinic.get(f"{url}/_history").status_code == 404
+    assert clinic.get(f"{url}/_history/1").status_code == 404
+
+
+def test_a_deleted_record_is_gone_for_its_contributor_and_absent_for_others(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    url = f"/fhir/CarePlan/{shelter_record['plan']}"
+    assert shelter.delete(url).status_code == 204
+    assert shelter.get(url).status_code == 410
+    assert clinic.get(url).status_code == 404
+
+
+def test_a_transaction_cannot_read_or_write_around_visibility(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    url = f"Patient/{shelter_record['patient']}"
+    reading = post(
+        clinic,
+        "/fhir",
+        {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "GET", "url": url}}]},
+    )  # fmt: skip
+    assert reading.status_code == 404
+    batch = post(
+        clinic,
+        "/fhir",
+        {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": url}},
+            {"request": {"method": "GET", "url": f"Patient?identifier={MRN}|RSH-000412"}}]},
+    ).json()  # fmt: skip
+    assert batch["entry"][0]["response"]["status"] == "404"
+    assert batch["entry"][1]["resource"]["total"] == 0
+    doc = shelter.get(f"/fhir/{url}").json()
+    writing = post(
+        clinic,
+        "/fhir",
+        {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": patient("Okafor", "Amina", mrn="HCC-2"),
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {**doc, "gender": "male"}, "request": {"method": "PUT", "url": url}}]},
+    )  # fmt: skip
+    assert writing.status_code == 404
+    assert clinic.get("/fhir/Patient?_summary=count").json()["total"] == 0
+    assert shelter.get(f"/fhir/{url}").json()["gender"] == "female"
+
+
+def test_conditional_create_does_not_match_another_partners_record(
+    clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    criteria = {"If-None-Exist": f"identifier={MRN}|RSH-000412"}
+    response = post(clinic, "/fhir/Patient", patient(mrn="RSH-000412"), **criteria)
+    assert response.status_code == 201
+    assert response.json()["id"] != shelter_record["patient"]
+
+
+def test_the_gateways_directory_organizations_are_visible_to_every_partner(
+    settings: Settings, sql_store: SqlStore, clinic: TestClient
+) -> None:
+    sql_store.update(
+        "Organization",
+        "riverside-shelter",
+        {"resourceType": "Organization", "id": "riverside-shelter", "name": "Riverside Safe Haven"},
+        if_match=None,
+    )
+    assert clinic.get("/fhir/Organization/riverside-shelter").status_code == 200
+
+
+def test_a_partners_own_organization_record_is_not_a_directory_entry(
+    shelter: TestClient, clinic: TestClient
+) -> None:
+    org = {
+        "resourceType": "Organization",
+        "name": "Riverside Safe Haven",
+        "address": [{"line": ["12 Elm Street"], "city": "Riverside"}],
+    }
+    created = post(shelter, "/fhir/Organization", org).json()
+    assert clinic.get(f"/fhir/Organization/{created['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("scopes", "method", "url", "status"),
+    [
+        (("system/CarePlan.rs",), "GET", "/fhir/CarePlan", 200),
+        (("system/CarePlan.rs",), "GET", "/fhir/Patient", 403),
+        (("system/CarePlan.rs",), "POST", "/fhir/CarePlan", 403),
+        (("system/*.read",), "DELETE", "/fhir/CarePlan/any", 403),
+        (("system/Patient.r",), "GET", "/fhir/Patient", 403),
+        (("system/Patient.s",), "GET", "/fhir/Patient/any", 403),
+        (("system/CarePlan.s",), "GET", "/fhir/CarePlan?_include=CarePlan:subject:Patient", 403),
+    ],
+)
+def test_scopes_bound_every_interaction(
+    settings: Settings,
+    sql_store: SqlStore,
+    clock: FrozenClock,
+    scopes: tuple[str, ...],
+    method: str,
+    url: str,
+    status: int,
+) -> None:
+    with partner_client(settings, sql_store, clock, "harbor-clinic", "clinic", scopes) as client:
+        body = orjson.dumps(care_plan("p1")) if method == "POST" else None
+        response = client.request(method, url, content=body, headers=FHIR)
+    assert response.status_code == status
+    if status == 403:
+        assert response.json()["issue"][0]["code"] == "forbidden"
+
+
+def test_every_route_of_the_app_goes_through_consent(
+    settings: Settings, sql_store: SqlStore, clock: FrozenClock, shelter_record: dict[str, str]
+) -> None:
+    """Walk every route the app has, as a partner that contributed nothing, with the shelter's
+    record ids in every path parameter: the survivor's data never comes back. A route added
+    later that reads around ``ConsentedStore`` fails here."""
+    with partner_client(settings, sql_store, clock, "harbor-clinic", "clinic") as client:
+        app = client.app
+        walked = 0
+        for route in app.routes:  # type: ignore[attr-defined]
+            path = getattr(route, "path", None)
+            methods = getattr(route, "methods", None) or set()
+            if not isinstance(path, str):
+                continue
+            for resource_type, resource_id in (
+                ("Patient", shelter_record["patient"]),
+                ("CarePlan", shelter_record["plan"]),
+                ("Task", shelter_record["task"]),
+            ):
+                url = (
+                    path.replace("{resource_type}", resource_type)
+                    .replace("{resource_id}", resource_id)
+                    .replace("{version_id}", "1")
+                )
+                for method in methods - {"HEAD"}:
+                    body: bytes | None = None
+                    headers = dict(FHIR)
+                    if url.endswith("_search"):
+                        body = f"_id={resource_id}".encode()
+                        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+                    elif method == "POST" and url.rstrip("/") == "/fhir":
+                        reads = [f"{resource_type}/{resource_id}", f"{resource_type}?_count=50"]
+                        body = orjson.dumps(
+                            {
+                                "resourceType": "Bundle",
+                                "type": "batch",
+                                "entry": [{"request": {"method": "GET", "url": u}} for u in reads],
+                            }
+                        )
+                    elif method in ("POST", "PUT"):
+                        continue  # writes are covered above; here we look for disclosure
+                    response = client.request(method, url, content=body, headers=headers)
+                    walked += 1
+                    for secret in ("Álvarez", "RSH-000412", "1994-03-17", "Safety plan"):
+                        assert secret not in response.text, (method, path, response.status_code)
+        assert walked >= 20
