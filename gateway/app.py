@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.clock import Clock, SystemClock
+from gateway.consent.labels import load_label_tables
 from gateway.disclose.auth import (
     MemoryReplayGuard,
     ReplayGuard,
@@ -82,6 +83,7 @@ def create_app(
         clock=clock,
         offload_store_calls=bool(getattr(the_store, "waits_on_network", False)),
         authenticate=authenticate,
+        labels=load_label_tables(settings.policies_dir),
     )
     ctx.extras["metrics"] = metrics
     ctx.extras["tokens"] = tokens

@@ -11,6 +11,9 @@ What it enforces today:
   neither returns nor counts it, ``_include`` does not pull it in. The filter runs inside the
   store (``SearchQuery.visible_to``), so totals and paging count only visible resources.
 - **Attribution**: every write records the requester as contributor of what it creates.
+- **Labels at write time**: ``consent.labels.labels_for`` adds the sensitivity labels the code
+  tables call for (SUD → ETH, mental health → PSY, violence and trafficking → SDV, shelter
+  locations → LOCIS) and raises confidentiality for shelter data, keeping the writer's own.
 
 Next (issue 4, in progress): releasing other partners' records where ``consent.engine.decide``
 permits, then ``consent.redact``. Until then this store errs on the side of disclosing nothing.
@@ -24,6 +27,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway.consent.labels import LabelTables, labels_for
 from gateway.disclose.scopes import ScopeGrant
 from gateway.errors import Forbidden, Gone, NotFound, not_found
 from gateway.store.port import (
@@ -42,9 +46,12 @@ if TYPE_CHECKING:
 class ConsentedSession:
     """The operations, on a raw store or on one of its units of work, for one requester."""
 
-    def __init__(self, raw: StoreSession, requester: Requester) -> None:
+    def __init__(
+        self, raw: StoreSession, requester: Requester, *, labels: LabelTables | None = None
+    ) -> None:
         self._raw = raw
         self._requester = requester
+        self._labels = labels
         self._grant = ScopeGrant.parse(requester.scopes)
 
     # -- rules ------------------------------------------------------------------------------
@@ -70,6 +77,14 @@ class ConsentedSession:
             return
         if not self._visible(current):
             raise not_found(resource_type, resource_id)
+
+    def _labelled(self, resource: dict[str, Any]) -> dict[str, Any]:
+        if self._labels is None:
+            return resource
+        security = labels_for(resource, contributor_kind=self._requester.kind, tables=self._labels)
+        if not security:
+            return resource
+        return {**resource, "meta": {**(resource.get("meta") or {}), "security": security}}
 
     def _last_live(self, resource_type: str, resource_id: str) -> StoredResource:
         # A deletion marker carries the head's contributor, so it decides like the resource.
@@ -136,7 +151,7 @@ class ConsentedSession:
     def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
         del contributor  # always the requester: a partner cannot write in another's name
         self._allow(resource["resourceType"], "create")
-        return self._raw.create(resource, contributor=self._requester.partner_id)
+        return self._raw.create(self._labelled(resource), contributor=self._requester.partner_id)
 
     def update(
         self,
@@ -153,7 +168,7 @@ class ConsentedSession:
         return self._raw.update(
             resource_type,
             resource_id,
-            resource,
+            self._labelled(resource),
             if_match=if_match,
             contributor=self._requester.partner_id,
         )
@@ -171,19 +186,23 @@ class ConsentedSession:
             self._allow(resource["resourceType"], "update" if resource.get("id") else "create")
             if resource.get("id"):
                 self._require_visible(resource["resourceType"], resource["id"])
-        return self._raw.write_many(resources, contributor=self._requester.partner_id)
+        return self._raw.write_many(
+            [self._labelled(r) for r in resources], contributor=self._requester.partner_id
+        )
 
     def serialize(self, key: str) -> None:
         self._raw.serialize(key)
 
 
 class ConsentedStore(ConsentedSession):
-    def __init__(self, raw: UnitOfWorkStore, requester: Requester) -> None:
-        super().__init__(raw, requester)
+    def __init__(
+        self, raw: UnitOfWorkStore, requester: Requester, *, labels: LabelTables | None = None
+    ) -> None:
+        super().__init__(raw, requester, labels=labels)
         self._store = raw
 
     @contextmanager
     def transaction(self) -> Iterator[ConsentedSession]:
         """A unit of work bound to the same requester: a Bundle cannot read around consent."""
         with self._store.transaction() as session:
-            yield ConsentedSession(session, self._requester)
+            yield ConsentedSession(session, self._requester, labels=self._labels)

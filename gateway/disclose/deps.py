@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from gateway.clock import Clock
+from gateway.consent.labels import LabelTables
 from gateway.consent.store import ConsentedStore
 from gateway.errors import Unauthorized
 from gateway.settings import Settings
@@ -69,6 +70,8 @@ class GatewayContext:
     # answers in microseconds and runs inline, where a thread hop would cost more than the call.
     offload_store_calls: bool = False
     authenticate: Authenticator = refuse_everyone
+    # Write-time security label tables (consent_policies/labels.yaml); None labels nothing.
+    labels: LabelTables | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -79,7 +82,7 @@ class GatewayContext:
 
 def request_store(ctx: GatewayContext, requester: Requester) -> UnitOfWorkStore:
     """The one store a route may use: the raw store bound to the requester by consent."""
-    return ConsentedStore(ctx.store, requester)
+    return ConsentedStore(ctx.store, requester, labels=ctx.labels)
 
 
 # FastAPI dependencies, for the operational routes. ``async def`` on purpose: FastAPI runs a plain

@@ -302,3 +302,44 @@ def test_every_route_of_the_app_goes_through_consent(
                     for secret in ("Álvarez", "RSH-000412", "1994-03-17", "Safety plan"):
                         assert secret not in response.text, (method, path, response.status_code)
         assert walked >= 20
+
+
+# -- labels at write time ------------------------------------------------------------------------
+
+V3 = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+
+
+def security_codes(resource: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(c["system"], c["code"]) for c in resource.get("meta", {}).get("security", [])}
+
+
+def test_shelter_data_is_stored_restricted(shelter: TestClient) -> None:
+    survivor = post(shelter, "/fhir/Patient", patient()).json()
+    assert (CONFIDENTIALITY, "R") in security_codes(survivor)
+
+
+def test_substance_use_and_trafficking_codes_are_labelled_and_searchable(
+    clinic: TestClient,
+) -> None:
+    survivor = post(clinic, "/fhir/Patient", patient(mrn="HCC-5")).json()["id"]
+    sud = referral(survivor)
+    sud["reasonCode"] = [
+        {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F11.20"}]}
+    ]
+    trafficking = referral(survivor)
+    trafficking["reasonCode"] = [
+        {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "T74.51XA"}]}
+    ]
+    first = post(clinic, "/fhir/ServiceRequest", sud).json()
+    second = post(clinic, "/fhir/ServiceRequest", trafficking).json()
+    assert (V3, "ETH") in security_codes(first)
+    assert (V3, "SDV") in security_codes(second)
+    found = clinic.get(f"/fhir/ServiceRequest?_security={V3}|ETH").json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [first["id"]]
+
+
+def test_the_writers_own_labels_are_kept(clinic: TestClient) -> None:
+    own = {**patient(mrn="HCC-6"), "meta": {"security": [{"system": V3, "code": "PSY"}]}}
+    stored = post(clinic, "/fhir/Patient", own).json()
+    assert (V3, "PSY") in security_codes(stored)
