@@ -12,9 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The demo's own database under var/ is brought up to the current schema first.
 demo: $(STAMP)
-	$(BIN)/gateway db upgrade
 	$(BIN)/gateway demo
 
 # The demo network: demo partner keys are generated under var/keys (never committed).

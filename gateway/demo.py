@@ -22,6 +22,7 @@ from gateway.clock import SystemClock
 from gateway.disclose.deps import Requester, fixed_requester
 from gateway.keys import ENCRYPTION_FILE, init_keys
 from gateway.settings import Settings
+from gateway.store.database import make_engine, upgrade
 
 SAMPLE = Path("examples/fhir/demo-network.json")
 FHIR = "application/fhir+json"
@@ -35,6 +36,11 @@ def run_demo(settings: Settings, console: Console) -> int:
     if not (settings.keys_dir / ENCRYPTION_FILE).exists():
         init_keys(settings.keys_dir, SystemClock().now())
         console.print(f"[green]created demo keys[/green] in {settings.keys_dir}")
+    # The demo's own database: bring it to the current schema (a real deployment upgrades with
+    # `gateway db upgrade`, deliberately).
+    engine = make_engine(settings.database_url, pool_size=1)
+    upgrade(engine)
+    engine.dispose()
     try:
         asyncio.run(_walkthrough(settings, console))
     except DemoFailure as exc:
