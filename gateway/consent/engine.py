@@ -67,7 +67,7 @@ from gateway.consent.model import (
     reference_of,
 )
 from gateway.consent.policy import EmergencyRule, KindRule, Obligation, Policy
-from gateway.store.searchparams import IndexEntry, Kind, SearchParam
+from gateway.store.searchparams import IndexEntry, Kind, SearchParam, values_at
 
 __all__ = [
     "FACT_PARAMS",
@@ -222,18 +222,7 @@ FACT_PARAMS: dict[str, tuple[SearchParam, ...]] = {
 
 
 def _values(node: Any, path: str) -> list[Any]:
-    nodes: list[Any] = [node]
-    for step in path.split("."):
-        found: list[Any] = []
-        for n in nodes:
-            if isinstance(n, dict):
-                value = n.get(step)
-                if isinstance(value, list):
-                    found.extend(value)
-                elif value is not None:
-                    found.append(value)
-        nodes = found
-    return nodes
+    return values_at(node, path.split("."))
 
 
 def _concept_codings(concept: Any) -> list[dict[str, Any]]:

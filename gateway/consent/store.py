@@ -21,7 +21,7 @@ permits, then ``consent.redact``. Until then this store errs on the side of disc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -94,22 +94,25 @@ class ConsentedSession:
 
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
         self._allow(resource_type, "read")
-        try:
-            stored = self._raw.read(resource_type, resource_id)
-        except Gone:
-            # 410 only for a requester that could see the resource; for anyone else, absent.
-            if not self._visible(self._last_live(resource_type, resource_id)):
-                raise not_found(resource_type, resource_id) from None
-            raise
-        if not self._visible(stored):
-            raise not_found(resource_type, resource_id)
-        return stored
+        return self._released(
+            resource_type, resource_id, lambda: self._raw.read(resource_type, resource_id)
+        )
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         self._allow(resource_type, "read")
+        return self._released(
+            resource_type,
+            resource_id,
+            lambda: self._raw.vread(resource_type, resource_id, version_id),
+        )
+
+    def _released(
+        self, resource_type: str, resource_id: str, fetch: Callable[[], StoredResource]
+    ) -> StoredResource:
         try:
-            stored = self._raw.vread(resource_type, resource_id, version_id)
+            stored = fetch()
         except Gone:
+            # 410 only for a requester that could see the resource; for anyone else, absent.
             if not self._visible(self._last_live(resource_type, resource_id)):
                 raise not_found(resource_type, resource_id) from None
             raise

@@ -8,7 +8,7 @@ The table below is also what the CapabilityStatement advertises: it is the singl
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -207,13 +207,13 @@ def extract(resource: dict[str, Any]) -> list[IndexEntry]:
     """All index rows for one resource; duplicates removed, order stable."""
     entries: dict[IndexEntry, None] = {}
     for param, steps in _PLAN[resource["resourceType"]]:
-        for value in _values(resource, steps):
+        for value in values_at(resource, steps):
             for entry in _entries(param, value):
                 entries[entry] = None
     return list(entries)
 
 
-def _values(resource: dict[str, Any], steps: tuple[str, ...]) -> list[Any]:
+def values_at(resource: Any, steps: Sequence[str]) -> list[Any]:
     """The values at a dotted path, lists flattened at every step (FHIRPath-style)."""
     nodes: list[Any] = [resource]
     for step in steps:

@@ -30,7 +30,7 @@ from gateway.consent.labels import labels_for, load_label_tables
 from gateway.consent.model import ParsedConsent, parse_consent
 from gateway.consent.policy import load_policy
 from gateway.consent.redact import redact
-from gateway.store.searchparams import IndexEntry, _entries, _values
+from gateway.store.searchparams import IndexEntry, _entries, values_at
 
 POLICIES = Path(__file__).resolve().parents[2] / "consent_policies"
 POLICY = load_policy(POLICIES)
@@ -892,7 +892,7 @@ def test_facts_from_index_agree_with_facts_from_the_resource(resource: dict[str,
     assert security is not None
     for param in (security, *FACT_PARAMS[doc["resourceType"]]):
         for path in param.paths:
-            for value in _values(doc, tuple(path.split("."))):
+            for value in values_at(doc, path.split(".")):
                 entries.extend(_entries(param, value))
     from_index = facts_from_index(
         doc["resourceType"],
