@@ -4,7 +4,7 @@ by a test); nothing lives at module level."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -15,6 +15,8 @@ from starlette.responses import Response
 
 from gateway.clock import Clock, SystemClock
 from gateway.consent.labels import load_label_tables
+from gateway.consent.policy import load_policy
+from gateway.consent.store import ConsentRules
 from gateway.disclose.auth import (
     MemoryReplayGuard,
     ReplayGuard,
@@ -60,6 +62,7 @@ def create_app(
     authenticate: Authenticator | None = None,
     partners: PartnerDirectory | None = None,
     tokens: TokenService | None = None,
+    partner_kinds: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """``authenticate`` given (tests, the in-process demo): it decides who asks. Otherwise, with
     a partner directory (or a ready ``tokens`` service), SMART Backend Services bearer tokens do;
@@ -83,7 +86,13 @@ def create_app(
         clock=clock,
         offload_store_calls=bool(getattr(the_store, "waits_on_network", False)),
         authenticate=authenticate,
-        labels=load_label_tables(settings.policies_dir),
+        consent=ConsentRules(
+            policy=load_policy(settings.policies_dir),
+            clock=clock,
+            partner_kinds=dict(partner_kinds or {})
+            | ({p.id: p.kind for p in tokens.directory} if tokens is not None else {}),
+            labels=load_label_tables(settings.policies_dir),
+        ),
     )
     ctx.extras["metrics"] = metrics
     ctx.extras["tokens"] = tokens

@@ -429,6 +429,9 @@ def _ref(consent: ParsedConsent, p: ParsedProvision) -> str:
     return f"consent:{consent.reference}#{p.path}"
 
 
+DIRECTORY_WRITER_KINDS = frozenset({"admin"})
+
+
 def decide(
     request: AccessRequest,
     resource: ResourceFacts,
@@ -448,7 +451,12 @@ def decide(
     if kind is None:
         return Decision(False, f"policy:unknown-kind:{request.partner_kind}", None, None)
     if resource.patient_id is None:
-        if resource.resource_type in policy.directory_types:
+        # Directory entries are what the gateway or a network administrator wrote. A partner's
+        # own Organization record may carry a shelter's address: it is that partner's data.
+        directory_writer = resource.contributor is None or resource.contributor_kind in (
+            DIRECTORY_WRITER_KINDS
+        )
+        if resource.resource_type in policy.directory_types and directory_writer:
             return Decision(True, "policy:directory", None, None)
         return Decision(False, "policy:no-patient", None, None)
     never = resource.labels & kind.never_labels

@@ -15,19 +15,33 @@ What it enforces today:
   tables call for (SUD → ETH, mental health → PSY, violence and trafficking → SDV, shelter
   locations → LOCIS) and raises confidentiality for shelter data, keeping the writer's own.
 
-Next (issue 4, in progress): releasing other partners' records where ``consent.engine.decide``
-permits, then ``consent.redact``. Until then this store errs on the side of disclosing nothing.
+- **Consent on reads by id** (read, vread, history): another partner's record is released when
+  ``consent.engine.decide`` permits it for this requester, its purposes of use and the
+  patient's Consents *as they are now* (looked up afresh for every request: a revocation takes
+  effect on the very next one), and then only as ``consent.redact`` leaves it. Anything else is
+  absent, with the same 404 as a record that does not exist.
+
+Next (issue 4, in progress): the same release in search and ``_include``, decided from index
+facts inside the store. Until then a search returns only the requester's own records and the
+directory: it under-discloses, never over-discloses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from gateway.clock import Clock
+from gateway.consent.engine import AccessRequest, decide, facts_from_resource
 from gateway.consent.labels import LabelTables, labels_for
+from gateway.consent.model import ParsedConsent, parse_consent
+from gateway.consent.policy import Policy
+from gateway.consent.redact import redact
 from gateway.disclose.scopes import ScopeGrant
 from gateway.errors import Forbidden, Gone, NotFound, not_found
 from gateway.store.port import (
@@ -37,22 +51,40 @@ from gateway.store.port import (
     StoreSession,
     UnitOfWorkStore,
 )
-from gateway.store.query import SearchQuery, visible_without_consent
+from gateway.store.query import SearchQuery, parse_search, visible_without_consent
+from gateway.store.records import canonical
+
+# More Consents than this on one survivor is not a realistic case; should it happen, nothing of
+# theirs is released (a Consent left unread could be the deny that matters).
+MAX_CONSENTS_READ = 500
 
 if TYPE_CHECKING:
     from gateway.disclose.deps import Requester
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRules:
+    """What consent decisions need besides the data: built once per app."""
+
+    policy: Policy
+    clock: Clock
+    partner_kinds: Mapping[str, str] = field(default_factory=dict)  # partner id -> kind
+    labels: LabelTables | None = None
 
 
 class ConsentedSession:
     """The operations, on a raw store or on one of its units of work, for one requester."""
 
     def __init__(
-        self, raw: StoreSession, requester: Requester, *, labels: LabelTables | None = None
+        self, raw: StoreSession, requester: Requester, rules: ConsentRules | None = None
     ) -> None:
         self._raw = raw
         self._requester = requester
-        self._labels = labels
+        self._rules = rules
+        self._labels = rules.labels if rules is not None else None
         self._grant = ScopeGrant.parse(requester.scopes)
+        # A patient's Consents, parsed, for this request only (never across requests).
+        self._consents: dict[str, list[ParsedConsent] | None] = {}
 
     # -- rules ------------------------------------------------------------------------------
 
@@ -90,6 +122,55 @@ class ConsentedSession:
         # A deletion marker carries the head's contributor, so it decides like the resource.
         return self._raw.history(resource_type, resource_id, count=1).versions[0]
 
+    def _release(self, stored: StoredResource, interaction: str) -> StoredResource | None:
+        """The version as this requester may see it, or None when it may not see it at all."""
+        if self._visible(stored):
+            return stored
+        if self._rules is None or stored.deleted:
+            return None
+        rules = self._rules
+        doc = orjson.loads(stored.body)
+        facts = facts_from_resource(
+            doc,
+            contributor=stored.contributor,
+            contributor_kind=rules.partner_kinds.get(stored.contributor or ""),
+        )
+        consents = self._consents_of(facts.patient_id) if facts.patient_id else []
+        if consents is None:
+            return None
+        request = AccessRequest(
+            partner_id=self._requester.partner_id,
+            partner_kind=self._requester.kind,
+            organization=self._requester.organization,
+            purposes=self._requester.purpose_of_use,
+            interaction=interaction,
+        )
+        decision = decide(request, facts, consents, rules.policy, rules.clock.now())
+        if not decision.permit:
+            return None
+        if not decision.obligations:
+            return stored
+        return replace(stored, body=canonical(redact(doc, decision.obligations)))
+
+    def _consents_of(self, patient_id: str) -> list[ParsedConsent] | None:
+        if patient_id not in self._consents:
+            query = parse_search("Consent", [("patient", f"Patient/{patient_id}")])
+            page = self._raw.search(replace(query, count=MAX_CONSENTS_READ))
+            self._consents[patient_id] = (
+                None
+                if page.next_cursor is not None
+                else [parse_consent(orjson.loads(c.body)) for c in page.matches]
+            )
+        return self._consents[patient_id]
+
+    def _could_see(self, resource_type: str, resource_id: str) -> bool:
+        """Whether the requester could see the resource before it was deleted."""
+        versions = self._raw.history(resource_type, resource_id, count=2).versions
+        if versions and versions[0].deleted and self._visible(versions[0]):
+            return True
+        live = [v for v in versions if not v.deleted]
+        return bool(live) and self._release(live[0], "read") is not None
+
     # -- reading ----------------------------------------------------------------------------
 
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
@@ -113,12 +194,13 @@ class ConsentedSession:
             stored = fetch()
         except Gone:
             # 410 only for a requester that could see the resource; for anyone else, absent.
-            if not self._visible(self._last_live(resource_type, resource_id)):
+            if not self._could_see(resource_type, resource_id):
                 raise not_found(resource_type, resource_id) from None
             raise
-        if not self._visible(stored):
+        released = self._release(stored, "read")
+        if released is None:
             raise not_found(resource_type, resource_id)
-        return stored
+        return released
 
     def history(
         self,
@@ -133,9 +215,15 @@ class ConsentedSession:
         page = self._raw.history(
             resource_type, resource_id, count=count, since=since, before_version=before_version
         )
-        if not self._visible(self._last_live(resource_type, resource_id)):
+        if not self._could_see(resource_type, resource_id):
             raise not_found(resource_type, resource_id)
-        return page
+        shown = []
+        for version in page.versions:
+            if version.deleted:
+                shown.append(version)
+            elif (released := self._release(version, "history")) is not None:
+                shown.append(released)
+        return replace(page, versions=shown)
 
     def search(self, query: SearchQuery) -> SearchPage:
         self._allow(query.resource_type, "search")
@@ -199,13 +287,13 @@ class ConsentedSession:
 
 class ConsentedStore(ConsentedSession):
     def __init__(
-        self, raw: UnitOfWorkStore, requester: Requester, *, labels: LabelTables | None = None
+        self, raw: UnitOfWorkStore, requester: Requester, rules: ConsentRules | None = None
     ) -> None:
-        super().__init__(raw, requester, labels=labels)
+        super().__init__(raw, requester, rules)
         self._store = raw
 
     @contextmanager
     def transaction(self) -> Iterator[ConsentedSession]:
         """A unit of work bound to the same requester: a Bundle cannot read around consent."""
         with self._store.transaction() as session:
-            yield ConsentedSession(session, self._requester, labels=self._labels)
+            yield ConsentedSession(session, self._requester, self._rules)

@@ -16,8 +16,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from gateway.clock import Clock
-from gateway.consent.labels import LabelTables
-from gateway.consent.store import ConsentedStore
+from gateway.consent.store import ConsentedStore, ConsentRules
 from gateway.errors import Unauthorized
 from gateway.settings import Settings
 from gateway.store.port import ResourceStore, UnitOfWorkStore
@@ -70,8 +69,8 @@ class GatewayContext:
     # answers in microseconds and runs inline, where a thread hop would cost more than the call.
     offload_store_calls: bool = False
     authenticate: Authenticator = refuse_everyone
-    # Write-time security label tables (consent_policies/labels.yaml); None labels nothing.
-    labels: LabelTables | None = None
+    # Network policy, partner kinds, label tables: what consent decisions need besides the data.
+    consent: ConsentRules | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -82,7 +81,7 @@ class GatewayContext:
 
 def request_store(ctx: GatewayContext, requester: Requester) -> UnitOfWorkStore:
     """The one store a route may use: the raw store bound to the requester by consent."""
-    return ConsentedStore(ctx.store, requester, labels=ctx.labels)
+    return ConsentedStore(ctx.store, requester, ctx.consent)
 
 
 # FastAPI dependencies, for the operational routes. ``async def`` on purpose: FastAPI runs a plain

@@ -758,6 +758,19 @@ def test_organization_directory_is_readable_by_every_partner() -> None:
     assert check(LEGAL, f).rule == "policy:directory"
 
 
+def test_a_shelters_own_organization_record_is_not_a_directory_entry() -> None:
+    org = {
+        "resourceType": "Organization",
+        "id": "riverside-safe-haven",
+        "name": "Riverside Safe Haven",
+        "address": [{"line": ["12 Elm Street"], "city": "Riverside"}],
+    }
+    f = facts_from_resource(org, contributor="riverside-shelter", contributor_kind="shelter")
+    assert not check(LEGAL, f).permit
+    gateway_copy = facts_from_resource(org, contributor=None, contributor_kind=None)
+    assert check(LEGAL, gateway_copy).permit
+
+
 def test_task_without_a_patient_is_not_disclosed() -> None:
     orphan = task()
     del orphan["for"]

@@ -21,6 +21,12 @@ from tests.disclose.test_rest import FHIR
 from tests.support.records import MRN, care_plan, patient, referral, task
 
 ALL = ("system/*.cruds",)
+KINDS = {
+    "riverside-shelter": "shelter",
+    "harbor-clinic": "clinic",
+    "northside-legal-aid": "legal-aid",
+    "st-marys-hospital": "hospital",
+}
 
 
 def partner_client(
@@ -30,9 +36,16 @@ def partner_client(
     partner_id: str,
     kind: str,
     scopes: tuple[str, ...] = ALL,
+    purposes: tuple[str, ...] = ("TREAT",),
 ) -> TestClient:
-    requester = Requester(partner_id, kind, f"Organization/{partner_id}", scopes, ("TREAT",))
-    app = create_app(settings, store=store, clock=clock, authenticate=fixed_requester(requester))
+    requester = Requester(partner_id, kind, f"Organization/{partner_id}", scopes, purposes)
+    app = create_app(
+        settings,
+        store=store,
+        clock=clock,
+        authenticate=fixed_requester(requester),
+        partner_kinds=KINDS,
+    )
     return TestClient(app, base_url=BASE)
 
 
@@ -343,3 +356,147 @@ def test_the_writers_own_labels_are_kept(clinic: TestClient) -> None:
     own = {**patient(mrn="HCC-6"), "meta": {"security": [{"system": V3, "code": "PSY"}]}}
     stored = post(clinic, "/fhir/Patient", own).json()
     assert (V3, "PSY") in security_codes(stored)
+
+
+# -- release under a survivor's Consent (reads by id) -------------------------------------------
+
+
+def release_consent(
+    patient_id: str,
+    *,
+    recipient: str = "Organization/harbor-clinic",
+    purpose: str = "TREAT",
+    start: str = "2026-11-01",
+    end: str = "2027-05-01",
+) -> dict[str, Any]:
+    """A written, time-limited release (VAWA) to one recipient for one purpose."""
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "64292-6"}]}],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "dateTime": "2026-11-20T14:30:00Z",
+        "sourceAttachment": {"contentType": "application/pdf", "title": "Signed release",
+                             "url": "https://docs.riverside.example/releases/000412.pdf"},
+        "provision": {
+            "type": "permit",
+            "period": {"start": start, "end": end},
+            "actor": [{"role": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                "code": "IRCP"}]}, "reference": {"reference": recipient}}],
+            "action": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                "code": "disclose"}]}],
+            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                         "code": purpose}],
+        },
+    }  # fmt: skip
+
+
+def test_a_written_time_limited_consent_releases_the_shelters_plan_to_the_clinic(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    url = f"/fhir/CarePlan/{shelter_record['plan']}"
+    assert clinic.get(url).status_code == 404
+    post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"]))
+    released = clinic.get(url)
+    assert released.status_code == 200
+    assert released.json()["id"] == shelter_record["plan"]
+
+
+def test_the_released_patient_comes_without_the_ways_to_reach_them(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    url = f"/fhir/Patient/{shelter_record['patient']}"
+    doc = shelter.get(url).json()
+    doc["telecom"] = [{"system": "phone", "value": "555-0100"}]
+    shelter.put(url, content=orjson.dumps(doc), headers=FHIR)
+    post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"]))
+    seen = clinic.get(url)
+    assert seen.status_code == 200
+    assert "telecom" not in seen.json()
+    assert "555-0100" not in seen.text
+    assert "555-0100" in shelter.get(url).text
+
+
+def test_a_shelter_address_is_not_released_without_a_provision_naming_locis(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    url = f"/fhir/Patient/{shelter_record['patient']}"
+    doc = shelter.get(url).json()
+    doc["address"] = [{"line": ["12 Elm Street"], "city": "Riverside"}]
+    stored = shelter.put(url, content=orjson.dumps(doc), headers=FHIR).json()
+    assert "LOCIS" in {c["code"] for c in stored["meta"]["security"]}
+    post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"]))
+    hidden = clinic.get(url)
+    assert hidden.status_code == 404
+    assert "12 Elm Street" not in hidden.text
+
+
+def test_revoking_the_consent_takes_effect_on_the_very_next_request(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    url = f"/fhir/CarePlan/{shelter_record['plan']}"
+    consent = post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"])).json()
+    assert clinic.get(url).status_code == 200
+    revoked = {**consent, "status": "inactive"}
+    assert (
+        shelter.put(
+            f"/fhir/Consent/{consent['id']}", content=orjson.dumps(revoked), headers=FHIR
+        ).status_code
+        == 200
+    )
+    assert clinic.get(url).status_code == 404
+
+
+def test_a_consent_for_another_recipient_or_purpose_releases_nothing(
+    settings: Settings,
+    sql_store: SqlStore,
+    clock: FrozenClock,
+    shelter: TestClient,
+    clinic: TestClient,
+    shelter_record: dict[str, str],
+) -> None:
+    patient_id = shelter_record["patient"]
+    post(shelter, "/fhir/Consent", release_consent(patient_id, recipient="Organization/other"))
+    post(shelter, "/fhir/Consent", release_consent(patient_id, purpose="HLEGAL"))
+    assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
+    with partner_client(
+        settings, sql_store, clock, "northside-legal-aid", "legal-aid", purposes=("HLEGAL",)
+    ) as legal_aid:
+        assert legal_aid.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
+
+
+def test_a_consent_longer_than_a_year_does_not_release_shelter_data(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    too_long = release_consent(shelter_record["patient"], start="2026-11-01", end="2028-11-01")
+    post(shelter, "/fhir/Consent", too_long)
+    assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
+
+
+def test_an_expired_consent_releases_nothing(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    expired = release_consent(shelter_record["patient"], start="2026-01-01", end="2026-11-22")
+    post(shelter, "/fhir/Consent", expired)
+    assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
+
+
+def test_a_released_record_that_is_deleted_is_gone_for_the_recipient_only(
+    settings: Settings,
+    sql_store: SqlStore,
+    clock: FrozenClock,
+    shelter: TestClient,
+    clinic: TestClient,
+    shelter_record: dict[str, str],
+) -> None:
+    url = f"/fhir/CarePlan/{shelter_record['plan']}"
+    post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"]))
+    assert clinic.get(f"{url}/_history").status_code == 200
+    shelter.delete(url)
+    assert clinic.get(url).status_code == 410
+    with partner_client(settings, sql_store, clock, "st-marys-hospital", "hospital") as hospital:
+        assert hospital.get(url).status_code == 404
