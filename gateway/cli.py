@@ -11,6 +11,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from gateway.clock import SystemClock
+from gateway.consent.labels import load_label_tables
+from gateway.consent.policy import PolicyError, load_policy
 from gateway.keys import (
     FileKeyRing,
     KeyMaterialError,
@@ -58,8 +60,10 @@ def serve(
     try:
         check_keys(settings.keys_dir)
         directory = partners_for(settings)  # a bad partners file stops start-up here, clearly
+        load_policy(settings.policies_dir)
+        load_label_tables(settings.policies_dir)
         ensure_schema(make_engine(settings.database_url, pool_size=1))
-    except (KeyMaterialError, SchemaOutOfDate, PartnersFileError) as exc:
+    except (KeyMaterialError, SchemaOutOfDate, PartnersFileError, PolicyError) as exc:
         raise _fail(str(exc)) from exc
     console.print(
         f"serving {settings.fhir_base} on http://{host}:{port} ({workers} worker(s)) "

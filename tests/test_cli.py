@@ -44,6 +44,26 @@ def test_serve_refuses_to_start_without_keys(env: Path) -> None:
     assert "keys init" in result.output
 
 
+def test_serve_refuses_to_start_with_a_broken_consent_policy(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert runner.invoke(app, ["keys", "init"]).exit_code == 0
+    policies = env / "policies"
+    policies.mkdir()
+    for name in ("network.yaml", "labels.yaml", "schema.json"):
+        (policies / name).write_bytes((ROOT / "consent_policies" / name).read_bytes())
+    network = policies / "network.yaml"
+    network.write_text(
+        network.read_text().replace("max_consent_days: 365", "max_consent_days: forever")
+    )
+    monkeypatch.setenv("GATEWAY_POLICIES_DIR", str(policies))
+    monkeypatch.setenv("GATEWAY_DEMO", "true")
+    result = runner.invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 1
+    assert "network.yaml" in result.output
+    assert "max_consent_days" in result.output
+
+
 def test_bad_settings_are_a_clear_start_up_error(
     env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
