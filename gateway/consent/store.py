@@ -9,7 +9,8 @@ What it enforces today:
   contributed, and every partner sees the gateway's own directory entries (Organizations);
   everything else is absent: a read answers 404 with the same body as a true 404, a search
   neither returns nor counts it, ``_include`` does not pull it in. The filter runs inside the
-  store (``SearchQuery.visible_to``), so totals and paging count only visible resources.
+  store (``SearchQuery.visible_to``, a ``Visibility``), so totals and paging count only visible
+  resources.
 - **Attribution**: every write records the requester as contributor of what it creates.
 - **Labels at write time**: ``consent.labels.labels_for`` adds the sensitivity labels the code
   tables call for (SUD → ETH, mental health → PSY, violence and trafficking → SDV, shelter
@@ -51,7 +52,7 @@ from gateway.store.port import (
     StoreSession,
     UnitOfWorkStore,
 )
-from gateway.store.query import SearchQuery, parse_search, visible_without_consent
+from gateway.store.query import SearchQuery, Visibility, parse_search
 from gateway.store.records import canonical
 
 # More Consents than this on one survivor is not a realistic case; should it happen, nothing of
@@ -83,6 +84,10 @@ class ConsentedSession:
         self._rules = rules
         self._labels = rules.labels if rules is not None else None
         self._grant = ScopeGrant.parse(requester.scopes)
+        self._visibility = Visibility(
+            requester.partner_id,
+            rules.policy.directory_types if rules is not None else frozenset(),
+        )
         # A patient's Consents, parsed, for this request only (never across requests).
         self._consents: dict[str, list[ParsedConsent] | None] = {}
 
@@ -95,9 +100,7 @@ class ConsentedSession:
             )
 
     def _visible(self, stored: StoredResource) -> bool:
-        return visible_without_consent(
-            self._requester.partner_id, stored.resource_type, stored.contributor
-        )
+        return self._visibility.admits(stored.resource_type, stored.contributor)
 
     def _require_visible(self, resource_type: str, resource_id: str) -> None:
         """Writes to a resource the requester cannot see are answered as if it were absent."""
@@ -232,7 +235,7 @@ class ConsentedSession:
         included_types = {i.target_type for i in query.includes if i.target_type}
         for target in included_types:
             self._allow(target, "read")
-        page = self._raw.search(replace(query, visible_to=self._requester.partner_id))
+        page = self._raw.search(replace(query, visible_to=self._visibility))
         # An _include without a target type may reach any type: keep only what scopes allow.
         included = [r for r in page.included if self._grant.allows(r.resource_type, "read")]
         return replace(page, included=included)

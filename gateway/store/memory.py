@@ -21,7 +21,6 @@ from gateway.store.query import (
     SearchQuery,
     clause_matches,
     date_matches,
-    visible_without_consent,
 )
 from gateway.store.records import PreparedVersion, new_id, prepare
 from gateway.store.searchparams import IndexEntry, stamp
@@ -335,8 +334,8 @@ class _MemorySession:
 
     @staticmethod
     def _visible(query: SearchQuery, head: _Head) -> bool:
-        return query.visible_to is None or visible_without_consent(
-            query.visible_to, head.resource_type, head.contributor
+        return query.visible_to is None or query.visible_to.admits(
+            head.resource_type, head.contributor
         )
 
     def _included(self, query: SearchQuery, page: list[_Head]) -> list[StoredResource]:

@@ -119,22 +119,23 @@ class SearchQuery:
     summary_count: bool = False
     # What the next link must repeat (everything but the cursor), in request order.
     echo: tuple[tuple[str, str], ...] = field(default=(), compare=False)
-    # Set by the consent layer, never by a client: restrict matches *and* includes to what
-    # ``visible_to`` may see without a Consent (see ``directory_entry``), inside the store, so
-    # that totals and paging count only those.
-    visible_to: str | None = None
+    # Set by the consent layer, never by a client: restrict matches *and* includes to what a
+    # partner may see without a Consent, inside the store, so totals and paging count only those.
+    visible_to: Visibility | None = None
 
 
-# Resources that are network directory data, not a survivor's: the gateway's own copies (no
-# contributor) are visible to every partner.
-DIRECTORY_TYPES = frozenset({"Organization"})
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """What a partner sees without a Consent: what it contributed, and the directory entries
+    (types the network policy lists) that the gateway itself wrote."""
 
+    partner_id: str
+    directory_types: frozenset[str] = frozenset()
 
-def visible_without_consent(partner_id: str, resource_type: str, contributor: str | None) -> bool:
-    """The contributor reads its own records back; the gateway's directory entries are public."""
-    if contributor is not None:
-        return contributor == partner_id
-    return resource_type in DIRECTORY_TYPES
+    def admits(self, resource_type: str, contributor: str | None) -> bool:
+        if contributor is not None:
+            return contributor == self.partner_id
+        return resource_type in self.directory_types
 
 
 SORTABLE = frozenset({"_lastUpdated", "_id"})

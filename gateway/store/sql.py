@@ -45,7 +45,6 @@ from gateway.errors import (
 from gateway.keys import DecryptionError, FileKeyRing, KeyRing
 from gateway.store.port import HistoryPage, SearchPage, StoredResource
 from gateway.store.query import (
-    DIRECTORY_TYPES,
     Clause,
     Cursor,
     DateCriterion,
@@ -53,6 +52,7 @@ from gateway.store.query import (
     SearchQuery,
     StringCriterion,
     TokenCriterion,
+    Visibility,
 )
 from gateway.store.records import PreparedVersion, aad, new_id, prepare
 from gateway.store.schema import resource_versions as V
@@ -694,11 +694,14 @@ class _SqlSession:
         return [res for key, res in out.items() if key not in page]
 
 
-def _visible_sql(partner_id: str) -> ColumnElement[bool]:
-    """SQL for ``query.visible_without_consent``; the two must agree (contract tests)."""
+def _visible_sql(visibility: Visibility) -> ColumnElement[bool]:
+    """SQL for ``Visibility.admits``; the two must agree (contract tests)."""
     return or_(
-        R.c.contributor == partner_id,
-        and_(R.c.contributor.is_(None), R.c.resource_type.in_(sorted(DIRECTORY_TYPES))),
+        R.c.contributor == visibility.partner_id,
+        and_(
+            R.c.contributor.is_(None),
+            R.c.resource_type.in_(sorted(visibility.directory_types)),
+        ),
     )
 
 

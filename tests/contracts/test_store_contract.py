@@ -10,7 +10,7 @@ import pytest
 from gateway.clock import FrozenClock
 from gateway.errors import Conflict, Gone, NotFound, PreconditionFailed
 from gateway.store.port import ResourceStore
-from gateway.store.query import Cursor, parse_search
+from gateway.store.query import Cursor, Visibility, parse_search
 from tests.support.records import care_plan, organization, patient, referral, task
 
 
@@ -451,15 +451,16 @@ def test_visible_to_keeps_a_partners_own_records_and_the_gateways_directory(
     )
     any_store.create({"resourceType": "Organization", "name": "Riverside"}, contributor="x")
     query = parse_search("Patient", [("_revinclude", "CarePlan:subject")])
-    page = any_store.search(replace(query, visible_to="harbor-clinic"))
+    clinic = Visibility("harbor-clinic", frozenset({"Organization"}))
+    page = any_store.search(replace(query, visible_to=clinic))
     assert (page.total, ids(page)) == (1, [mine.id])
     assert [r.id for r in page.included] == [plan.id]
-    orgs = any_store.search(replace(parse_search("Organization", []), visible_to="harbor-clinic"))
+    orgs = any_store.search(replace(parse_search("Organization", []), visible_to=clinic))
     assert ids(orgs) == ["harbor-clinic"]
     plans = any_store.search(
         replace(
             parse_search("CarePlan", [("_include", "CarePlan:subject")]),
-            visible_to="riverside-shelter",
+            visible_to=Visibility("riverside-shelter", frozenset({"Organization"})),
         )
     )
     assert (plans.total, plans.included) == (0, [])
