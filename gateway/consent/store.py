@@ -102,16 +102,21 @@ class ConsentedSession:
     def _visible(self, stored: StoredResource) -> bool:
         return self._visibility.admits(stored.resource_type, stored.contributor)
 
-    def _require_visible(self, resource_type: str, resource_id: str) -> None:
-        """Writes to a resource the requester cannot see are answered as if it were absent."""
+    def _require_own(self, resource_type: str, resource_id: str) -> None:
+        """A record is changed only by the partner that contributed it. One the requester cannot
+        see is answered as if it were absent; one it can see (a directory entry, a consented
+        record) but did not contribute is refused."""
         try:
             current = self._raw.read(resource_type, resource_id)
         except Gone:
             current = self._last_live(resource_type, resource_id)
         except NotFound:
             return
-        if not self._visible(current):
+        if current.contributor == self._requester.partner_id:
+            return
+        if self._release(current, "read") is None:
             raise not_found(resource_type, resource_id)
+        raise Forbidden("a record is changed only by the partner that contributed it")
 
     def _labelled(self, resource: dict[str, Any]) -> dict[str, Any]:
         if self._labels is None:
@@ -258,7 +263,7 @@ class ConsentedSession:
     ) -> tuple[StoredResource, bool]:
         del contributor
         self._allow(resource_type, "update")
-        self._require_visible(resource_type, resource_id)
+        self._require_own(resource_type, resource_id)
         return self._raw.update(
             resource_type,
             resource_id,
@@ -269,7 +274,7 @@ class ConsentedSession:
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         self._allow(resource_type, "delete")
-        self._require_visible(resource_type, resource_id)
+        self._require_own(resource_type, resource_id)
         return self._raw.delete(resource_type, resource_id)
 
     def write_many(
@@ -279,7 +284,7 @@ class ConsentedSession:
         for resource in resources:
             self._allow(resource["resourceType"], "update" if resource.get("id") else "create")
             if resource.get("id"):
-                self._require_visible(resource["resourceType"], resource["id"])
+                self._require_own(resource["resourceType"], resource["id"])
         return self._raw.write_many(
             [self._labelled(r) for r in resources], contributor=self._requester.partner_id
         )

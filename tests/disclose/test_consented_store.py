@@ -216,16 +216,22 @@ def test_conditional_create_does_not_match_another_partners_record(
     assert response.json()["id"] != shelter_record["patient"]
 
 
-def test_the_gateways_directory_organizations_are_visible_to_every_partner(
+def test_the_gateways_directory_organizations_are_visible_to_every_partner_but_read_only(
     settings: Settings, sql_store: SqlStore, clinic: TestClient
 ) -> None:
-    sql_store.update(
-        "Organization",
-        "riverside-shelter",
-        {"resourceType": "Organization", "id": "riverside-shelter", "name": "Riverside Safe Haven"},
-        if_match=None,
-    )
+    entry = {
+        "resourceType": "Organization",
+        "id": "riverside-shelter",
+        "name": "Riverside Safe Haven",
+    }
+    sql_store.update("Organization", "riverside-shelter", entry, if_match=None)
     assert clinic.get("/fhir/Organization/riverside-shelter").status_code == 200
+    renamed = {**entry, "name": "Somewhere Else"}
+    url = "/fhir/Organization/riverside-shelter"
+    refused = clinic.put(url, content=orjson.dumps(renamed), headers=FHIR)
+    assert refused.status_code == 403
+    assert clinic.delete(url).status_code == 403
+    assert clinic.get(url).json()["name"] == "Riverside Safe Haven"
 
 
 def test_a_partners_own_organization_record_is_not_a_directory_entry(
@@ -483,6 +489,17 @@ def test_an_expired_consent_releases_nothing(
     expired = release_consent(shelter_record["patient"], start="2026-01-01", end="2026-11-22")
     post(shelter, "/fhir/Consent", expired)
     assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
+
+
+def test_a_consented_recipient_still_cannot_change_the_record(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    url = f"/fhir/CarePlan/{shelter_record['plan']}"
+    post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"]))
+    doc = clinic.get(url).json()
+    changed = {**doc, "status": "revoked"}
+    assert clinic.put(url, content=orjson.dumps(changed), headers=FHIR).status_code == 403
+    assert shelter.get(url).json()["status"] == "active"
 
 
 def test_a_released_record_that_is_deleted_is_gone_for_the_recipient_only(
