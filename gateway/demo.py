@@ -1,14 +1,24 @@
-"""``gateway demo``: the gateway end to end on embedded SQLite under ./var/.
+"""``gateway demo``: the consent story end to end, on embedded SQLite under ./var/.
 
-At this stage of the project (store and REST, before partner tokens) the demo drives the real
-ASGI app in-process as a stand-in administrator: it loads the demo network as one transaction
-Bundle, then reads, searches, updates with If-Match, shows a stale write refused, deletes, and
-prints what it saw. It exits 0 only if every step answered as FHIR says it must.
+It runs the real ASGI app in-process with the demo partner network (``examples/partners.yaml``,
+keys generated under ``KEYS_DIR/demo-partners``, never committed). Every partner gets a real
+SMART Backend Services token: it signs a client assertion with its own key and trades it at
+``/auth/token``. Then:
+
+1. the shelter records a survivor, her care plan and a referral to the clinic (one transaction);
+2. the clinic asks for the referral and is refused: without a Consent it does not exist for it;
+3. the survivor's written, time-limited release to the clinic (for treatment) is recorded;
+4. the clinic now reads the referral, and the survivor's record without her phone number;
+5. legal aid, which the release does not name, still sees nothing;
+6. the release is revoked, and the clinic's very next request is refused again.
+
+It exits 0 only if every step answered as the consent rules say it must.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +29,21 @@ from rich.table import Table
 
 from gateway.app import create_app
 from gateway.clock import SystemClock
-from gateway.disclose.deps import Requester, fixed_requester
 from gateway.keys import ENCRYPTION_FILE, init_keys
+from gateway.partners import (
+    PartnerDirectory,
+    demo_key_path,
+    ensure_organizations,
+    load_private_key,
+    mint_client_assertion,
+    partners_for,
+)
 from gateway.settings import Settings
 from gateway.store.database import make_engine, upgrade
 
-SAMPLE = Path("examples/fhir/demo-network.json")
+EXAMPLES = Path("examples/fhir")
 FHIR = "application/fhir+json"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class DemoFailure(Exception):
@@ -42,7 +60,7 @@ def run_demo(settings: Settings, console: Console) -> int:
     upgrade(engine)
     engine.dispose()
     try:
-        asyncio.run(_walkthrough(settings, console))
+        asyncio.run(_walkthrough(settings, partners_for(settings), console))
     except DemoFailure as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         return 1
@@ -50,124 +68,114 @@ def run_demo(settings: Settings, console: Console) -> int:
     return 0
 
 
-async def _walkthrough(settings: Settings, console: Console) -> None:
-    admin = Requester(partner_id="gateway-admin", kind="admin", scopes=("system/*.cruds",))
-    app = create_app(settings, authenticate=fixed_requester(admin))
-    steps = Table("step", "request", "status", "what came back", title="Gateway walkthrough")
+async def _walkthrough(settings: Settings, directory: PartnerDirectory, console: Console) -> None:
+    app = create_app(settings, partners=directory)
+    store = app.state.gateway.store
+    ensure_organizations(store, directory)  # what the app's start-up does when served
+    steps = Table("who", "step", "request", "status", "what came back", title="Consent walkthrough")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=settings.base_url) as client:
 
+        async def token(partner_id: str, scope: str, purpose: str | None = None) -> str:
+            key = load_private_key(demo_key_path(settings.keys_dir, partner_id))
+            url = f"{settings.base_url}/auth/token"
+            purposes = [purpose] if purpose else None
+            assertion = mint_client_assertion(partner_id, key, url, purposes=purposes)
+            response = await client.post(
+                "/auth/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "scope": scope,
+                    "client_assertion_type": ASSERTION_TYPE,
+                    "client_assertion": assertion,
+                },
+            )
+            if response.status_code != 200:
+                raise DemoFailure(f"{partner_id} got no token ({response.status_code})")
+            granted: str = response.json()["access_token"]
+            return granted
+
         async def call(
-            step: str, method: str, url: str, expect: int, summary: Any = None, **kw: Any
-        ) -> httpx.Response:
-            response = await client.request(method, url, **kw)
+            who: str, bearer: str, step: str, method: str, url: str, expect: int,
+            summary: Any = None, body: Any = None,
+        ) -> httpx.Response:  # fmt: skip
+            headers = {"Authorization": f"Bearer {bearer}", "Content-Type": FHIR}
+            content = orjson.dumps(body) if body is not None else None
+            response = await client.request(method, url, headers=headers, content=content)
             if response.status_code != expect:
-                raise DemoFailure(f"{step}: expected {expect}, got {response.status_code}")
+                raise DemoFailure(f"{who}: {step}: expected {expect}, got {response.status_code}")
             shown = summary(response) if summary else ""
-            steps.add_row(step, f"{method} {url}", str(response.status_code), shown)
+            steps.add_row(who, step, f"{method} {url[:38]}", str(response.status_code), shown)
             return response
 
-        bundle = SAMPLE.read_bytes()
+        shelter = await token("riverside-shelter", "system/*.cruds")
+        clinic = await token("harbor-clinic", "system/*.cruds", "TREAT")
+        legal_aid = await token("northside-legal-aid", "system/*.rs", "HLEGAL")
+
+        record = orjson.loads((EXAMPLES / "riverside-survivor.json").read_bytes())
         loaded = await call(
-            "load the demo network (transaction)",
-            "POST",
-            "/fhir",
-            200,
-            lambda r: (
-                f"{len(r.json()['entry'])} entries, "
-                + ", ".join(sorted({e["response"]["status"] for e in r.json()["entry"]}))
-            ),
-            content=bundle,
-            headers={"Content-Type": FHIR},
-        )
-        refs = [
-            e["response"]["location"] for e in loaded.json()["entry"] if "location" in e["response"]
-        ]
-        patients = await call(
-            "find the survivor by name, accent-insensitive",
-            "GET",
-            "/fhir/Patient?name=maria&family=alvarez",
-            200,
-            lambda r: f"total {r.json()['total']}",
-        )
-        patient_id = patients.json()["entry"][0]["resource"]["id"]
+            "shelter", shelter, "records a survivor and a referral", "POST", "/fhir", 200,
+            lambda r: f"{len(r.json()['entry'])} entries", body=record,
+        )  # fmt: skip
+        ids = {e["resource"]["resourceType"]: e["resource"]["id"] for e in loaded.json()["entry"]}
+        patient, referral = ids["Patient"], ids["ServiceRequest"]
         await call(
-            "read the survivor",
-            "GET",
-            f"/fhir/Patient/{patient_id}",
-            200,
-            lambda r: f"ETag {r.headers['etag']}",
-        )
+            "clinic", clinic, "asks for the referral, no consent yet", "GET",
+            f"/fhir/ServiceRequest/{referral}", 404, lambda r: "absent (no consent)",
+        )  # fmt: skip
         await call(
-            "referrals to the clinic, with the performer included",
-            "GET",
-            "/fhir/ServiceRequest?performer=Organization/harbor-clinic&_include=ServiceRequest:performer",
-            200,
-            lambda r: ", ".join(
-                f"{e['resource']['resourceType']} ({e['search']['mode']})"
-                for e in r.json()["entry"]
-            ),
-        )
-        tasks = await call(
-            "the clinic's open referral tasks",
-            "GET",
-            "/fhir/Task?owner=Organization/harbor-clinic&status=requested,accepted",
-            200,
-            lambda r: f"total {r.json()['total']}",
-        )
-        if tasks.json()["total"]:
-            task = tasks.json()["entry"][0]["resource"]
-            version = task["meta"]["versionId"]
-            task["status"] = "accepted"
-            await call(
-                "the clinic accepts the referral (If-Match)",
-                "PUT",
-                f"/fhir/Task/{task['id']}",
-                200,
-                lambda r: f"now version {r.json()['meta']['versionId']}",
-                content=orjson.dumps(task),
-                headers={"Content-Type": FHIR, "If-Match": f'W/"{version}"'},
-            )
-            await call(
-                "a stale write is refused",
-                "PUT",
-                f"/fhir/Task/{task['id']}",
-                412,
-                lambda r: r.json()["issue"][0]["diagnostics"],
-                content=orjson.dumps(task),
-                headers={"Content-Type": FHIR, "If-Match": f'W/"{version}"'},
-            )
-            await call(
-                "the task's history",
-                "GET",
-                f"/fhir/Task/{task['id']}/_history",
-                200,
-                lambda r: f"{len(r.json()['entry'])} versions",
-            )
+            "clinic", clinic, "searches for the survivor", "GET",
+            "/fhir/Patient?family=alvarez", 200, lambda r: f"total {r.json()['total']}",
+        )  # fmt: skip
+
+        release = orjson.loads((EXAMPLES / "release-to-harbor-clinic.json").read_bytes())
+        release = _for_patient(release, patient)
+        consent = await call(
+            "shelter", shelter, "records her written release to the clinic", "POST",
+            "/fhir/Consent", 201, lambda r: "treatment only, 180 days", body=release,
+        )  # fmt: skip
         await call(
-            "an unknown search parameter is refused, not ignored",
-            "GET",
-            "/fhir/Patient?shelter-address=anything",
-            400,
-            lambda r: r.json()["issue"][0]["code"],
-        )
+            "clinic", clinic, "asks for the referral again", "GET",
+            f"/fhir/ServiceRequest/{referral}", 200,
+            lambda r: r.json()["code"]["coding"][0].get("display", "referral"),
+        )  # fmt: skip
+        seen = await call(
+            "clinic", clinic, "reads the survivor", "GET", f"/fhir/Patient/{patient}", 200,
+            lambda r: "her phone number withheld" if not {"telecom", "address"} & set(r.json())
+            else "CONTACT DETAILS LEAKED",
+        )  # fmt: skip
+        if {"telecom", "address"} & set(seen.json()):
+            raise DemoFailure("the clinic saw contact details it must not see")
         await call(
-            "capability statement",
-            "GET",
-            "/fhir/metadata",
-            200,
-            lambda r: f"{len(r.json()['rest'][0]['resource'])} resource types",
-        )
-        provenance = [r for r in refs if "/Provenance/" in r]
-        if provenance:
-            target = provenance[0].split("/fhir/")[1].split("/_history")[0]
-            await call("delete a provenance record", "DELETE", f"/fhir/{target}", 204)
-            await call(
-                "reading it afterwards",
-                "GET",
-                f"/fhir/{target}",
-                410,
-                lambda r: r.json()["issue"][0]["code"],
-            )
-    app.state.gateway.store.close()
+            "legal aid", legal_aid, "asks for the referral (not named)", "GET",
+            f"/fhir/ServiceRequest/{referral}", 404, lambda r: "absent",
+        )  # fmt: skip
+
+        revoked = {**consent.json(), "status": "inactive"}
+        await call(
+            "shelter", shelter, "revokes the release", "PUT",
+            f"/fhir/Consent/{revoked['id']}", 200, lambda r: "status inactive", body=revoked,
+        )  # fmt: skip
+        await call(
+            "clinic", clinic, "asks right after the revocation", "GET",
+            f"/fhir/ServiceRequest/{referral}", 404, lambda r: "absent again",
+        )  # fmt: skip
+        await call(
+            "clinic", clinic, "tries to change the shelter's plan", "DELETE",
+            f"/fhir/CarePlan/{ids['CarePlan']}", 404, lambda r: "absent",
+        )  # fmt: skip
+    store.close()
     console.print(steps)
+
+
+def _for_patient(consent: dict[str, Any], patient_id: str) -> dict[str, Any]:
+    """The example release, made out for this survivor, from today for 180 days."""
+    today = SystemClock().now().date()
+    text = orjson.dumps(consent).decode().replace("PATIENT_ID", patient_id)
+    release: dict[str, Any] = orjson.loads(text)
+    release["provision"]["period"] = {
+        "start": today.isoformat(),
+        "end": (today + timedelta(days=180)).isoformat(),
+    }
+    release.pop("identifier", None)
+    return release
