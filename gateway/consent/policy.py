@@ -108,6 +108,9 @@ class Policy:
     redactions: tuple[RedactionRule, ...]
     emergency: tuple[EmergencyRule, ...]
     source: str = "<memory>"
+    # Who may record a Consent; absent from the file means nobody (deny by default).
+    consent_writers: frozenset[str] = frozenset()
+    consent_needs_written_source: bool = True
 
 
 def load_policy(policies_dir: Path) -> Policy:
@@ -172,6 +175,10 @@ def policy_from_dict(doc: Mapping[str, Any], *, source: str = "<memory>") -> Pol
         redactions=redactions,
         emergency=emergency,
         source=source,
+        consent_writers=frozenset(doc.get("consent_writing", {}).get("partner_kinds", ())),
+        consent_needs_written_source=bool(
+            doc.get("consent_writing", {}).get("written_source_required", True)
+        ),
     )
 
 

@@ -44,7 +44,7 @@ from gateway.consent.model import ParsedConsent, parse_consent
 from gateway.consent.policy import Policy
 from gateway.consent.redact import redact
 from gateway.disclose.scopes import ScopeGrant
-from gateway.errors import Forbidden, Gone, NotFound, not_found
+from gateway.errors import Forbidden, Gone, Issue, NotFound, Unprocessable, not_found
 from gateway.store.port import (
     HistoryPage,
     SearchPage,
@@ -117,6 +117,27 @@ class ConsentedSession:
         if self._release(current, "read") is None:
             raise not_found(resource_type, resource_id)
         raise Forbidden("a record is changed only by the partner that contributed it")
+
+    def _check_consent_write(self, resource: dict[str, Any]) -> None:
+        """Consents are recorded by the advocates of the kinds the policy names, and point at the
+        signed form when the policy requires a written consent."""
+        if resource.get("resourceType") != "Consent" or self._rules is None:
+            return
+        policy = self._rules.policy
+        if self._requester.kind not in policy.consent_writers:
+            raise Forbidden("this partner may not record Consents")
+        written = resource.get("sourceAttachment") or resource.get("sourceReference")
+        if policy.consent_needs_written_source and not written:
+            raise Unprocessable(
+                "a Consent must point at the signed form",
+                issues=[
+                    Issue(
+                        "required",
+                        "a Consent must carry sourceAttachment or sourceReference",
+                        expression=("Consent.sourceAttachment", "Consent.sourceReference"),
+                    )
+                ],
+            )
 
     def _labelled(self, resource: dict[str, Any]) -> dict[str, Any]:
         if self._labels is None:
@@ -250,6 +271,7 @@ class ConsentedSession:
     def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
         del contributor  # always the requester: a partner cannot write in another's name
         self._allow(resource["resourceType"], "create")
+        self._check_consent_write(resource)
         return self._raw.create(self._labelled(resource), contributor=self._requester.partner_id)
 
     def update(
@@ -264,6 +286,7 @@ class ConsentedSession:
         del contributor
         self._allow(resource_type, "update")
         self._require_own(resource_type, resource_id)
+        self._check_consent_write(resource)
         return self._raw.update(
             resource_type,
             resource_id,
@@ -285,6 +308,7 @@ class ConsentedSession:
             self._allow(resource["resourceType"], "update" if resource.get("id") else "create")
             if resource.get("id"):
                 self._require_own(resource["resourceType"], resource["id"])
+            self._check_consent_write(resource)
         return self._raw.write_many(
             [self._labelled(r) for r in resources], contributor=self._requester.partner_id
         )

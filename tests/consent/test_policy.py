@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from gateway.consent.labels import load_label_tables
-from gateway.consent.policy import PolicyError, load_policy
+from gateway.consent.policy import PolicyError, load_policy, policy_from_dict
 
 POLICIES = Path(__file__).resolve().parents[2] / "consent_policies"
 
@@ -120,3 +120,14 @@ def test_bad_label_table_names_file_and_field(policies: Path) -> None:
         PolicyError, match=r"labels.yaml: sensitivity.ETH\[0\]: 'system' is a required"
     ):
         load_label_tables(policies)
+
+
+def test_a_policy_without_consent_writing_lets_nobody_record_consents() -> None:
+    doc = yaml.safe_load(Path("consent_policies/network.yaml").read_text())
+    assert load_policy(Path("consent_policies")).consent_writers == {
+        "shelter",
+        "legal-aid",
+        "clinic",
+    }
+    del doc["consent_writing"]
+    assert policy_from_dict(doc).consent_writers == frozenset()

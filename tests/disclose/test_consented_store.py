@@ -517,3 +517,30 @@ def test_a_released_record_that_is_deleted_is_gone_for_the_recipient_only(
     assert clinic.get(url).status_code == 410
     with partner_client(settings, sql_store, clock, "st-marys-hospital", "hospital") as hospital:
         assert hospital.get(url).status_code == 404
+
+
+# -- recording Consents --------------------------------------------------------------------------
+
+
+def test_only_the_advocates_kinds_the_policy_names_may_record_a_consent(
+    settings: Settings,
+    sql_store: SqlStore,
+    clock: FrozenClock,
+    shelter_record: dict[str, str],
+) -> None:
+    release = release_consent(shelter_record["patient"])
+    with partner_client(settings, sql_store, clock, "st-marys-hospital", "hospital") as hospital:
+        refused = post(hospital, "/fhir/Consent", release)
+    assert refused.status_code == 403
+    assert refused.json()["issue"][0]["code"] == "forbidden"
+
+
+def test_a_consent_without_the_signed_form_is_refused_naming_the_element(
+    shelter: TestClient, shelter_record: dict[str, str]
+) -> None:
+    unsigned = release_consent(shelter_record["patient"])
+    del unsigned["sourceAttachment"]
+    response = post(shelter, "/fhir/Consent", unsigned)
+    assert response.status_code == 422
+    assert "Consent.sourceAttachment" in response.json()["issue"][0]["expression"]
+    assert shelter.get("/fhir/Consent?_summary=count").json()["total"] == 0
