@@ -92,6 +92,9 @@ def create_app(
             partner_kinds=dict(partner_kinds or {})
             | ({p.id: p.kind for p in tokens.directory} if tokens is not None else {}),
             labels=load_label_tables(settings.policies_dir),
+            partner_organizations=(
+                {p.id: p.organization for p in tokens.directory} if tokens is not None else {}
+            ),
         ),
     )
     ctx.extras["metrics"] = metrics

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.clock import Clock
-from gateway.consent.engine import AccessRequest, decide, facts_from_resource
+from gateway.consent.engine import AccessRequest, Decision, decide, facts_from_resource
 from gateway.consent.labels import LabelTables, labels_for
 from gateway.consent.model import ParsedConsent, parse_consent
 from gateway.consent.policy import Policy
@@ -58,6 +58,7 @@ from gateway.store.records import canonical
 # More Consents than this on one survivor is not a realistic case; should it happen, nothing of
 # theirs is released (a Consent left unread could be the deny that matters).
 MAX_CONSENTS_READ = 500
+EXPLAINERS = frozenset({"compliance", "admin"})
 
 if TYPE_CHECKING:
     from gateway.disclose.deps import Requester
@@ -71,6 +72,8 @@ class ConsentRules:
     clock: Clock
     partner_kinds: Mapping[str, str] = field(default_factory=dict)  # partner id -> kind
     labels: LabelTables | None = None
+    # partner id -> "Organization/<id>" when it differs from the partner id
+    partner_organizations: Mapping[str, str] = field(default_factory=dict)
 
 
 class ConsentedSession:
@@ -157,16 +160,6 @@ class ConsentedSession:
             return stored
         if self._rules is None or stored.deleted:
             return None
-        rules = self._rules
-        doc = orjson.loads(stored.body)
-        facts = facts_from_resource(
-            doc,
-            contributor=stored.contributor,
-            contributor_kind=rules.partner_kinds.get(stored.contributor or ""),
-        )
-        consents = self._consents_of(facts.patient_id) if facts.patient_id else []
-        if consents is None:
-            return None
         request = AccessRequest(
             partner_id=self._requester.partner_id,
             partner_kind=self._requester.kind,
@@ -174,12 +167,50 @@ class ConsentedSession:
             purposes=self._requester.purpose_of_use,
             interaction=interaction,
         )
-        decision = decide(request, facts, consents, rules.policy, rules.clock.now())
+        doc = orjson.loads(stored.body)
+        decision = self._decide(request, stored, doc)
         if not decision.permit:
             return None
         if not decision.obligations:
             return stored
         return replace(stored, body=canonical(redact(doc, decision.obligations)))
+
+    def _decide(
+        self, request: AccessRequest, stored: StoredResource, doc: dict[str, Any]
+    ) -> Decision:
+        assert self._rules is not None
+        rules = self._rules
+        facts = facts_from_resource(
+            doc,
+            contributor=stored.contributor,
+            contributor_kind=rules.partner_kinds.get(stored.contributor or ""),
+        )
+        consents = self._consents_of(facts.patient_id) if facts.patient_id else []
+        if consents is None:
+            return Decision(False, "too-many-consents", None, None)
+        return decide(request, facts, consents, rules.policy, rules.clock.now())
+
+    def explain(
+        self, partner_id: str, resource_type: str, resource_id: str, purposes: tuple[str, ...]
+    ) -> Decision:
+        """``Consent/$explain``: what ``decide`` answers for another partner, and why. For the
+        compliance and admin kinds only; it discloses the decision, never the record."""
+        if self._requester.kind not in EXPLAINERS or self._rules is None:
+            raise Forbidden("$explain is for compliance and administration")
+        kind = self._rules.partner_kinds.get(partner_id)
+        if kind is None:
+            raise NotFound("no such partner")
+        stored = self._raw.read(resource_type, resource_id)
+        request = AccessRequest(
+            partner_id=partner_id,
+            partner_kind=kind,
+            organization=self._rules.partner_organizations.get(
+                partner_id, f"Organization/{partner_id}"
+            ),
+            purposes=purposes,
+            interaction="read",
+        )
+        return self._decide(request, stored, orjson.loads(stored.body))
 
     def _consents_of(self, patient_id: str) -> list[ParsedConsent] | None:
         if patient_id not in self._consents:

@@ -26,6 +26,7 @@ TYPE_INTERACTIONS = {
     ("GET", "/fhir/{resource_type}"): "search-type",
 }
 SYSTEM_INTERACTIONS = {("POST", "/fhir"): ("transaction", "batch")}
+OPERATIONS = {("GET", "/fhir/Consent/$explain"): ("Consent", "explain")}
 COMMON_SEARCH = (
     ("_id", "token", "Logical id of the resource"),
     ("_lastUpdated", "date", "When the resource version last changed"),
@@ -63,6 +64,11 @@ def capability_statement(settings: Settings, now: datetime, routes: Iterable[Bas
             for p in PARAMS[source]
             if p.kind.value == "reference" and (not p.targets or resource_type in p.targets)
         ]
+        operations = [
+            {"name": name, "definition": f"{settings.fhir_base}/OperationDefinition/{name}"}
+            for (method, path), (op_type, name) in OPERATIONS.items()
+            if op_type == resource_type and (method, path) in present
+        ]
         resources.append(
             {
                 "type": resource_type,
@@ -76,6 +82,7 @@ def capability_statement(settings: Settings, now: datetime, routes: Iterable[Bas
                 "searchInclude": includes,
                 "searchRevInclude": revincludes,
                 "searchParam": params,
+                **({"operation": operations} if operations else {}),
             }
         )
     system = [

@@ -19,7 +19,7 @@ from gateway.clock import Clock
 from gateway.consent.store import ConsentedStore, ConsentRules
 from gateway.errors import Unauthorized
 from gateway.settings import Settings
-from gateway.store.port import ResourceStore, UnitOfWorkStore
+from gateway.store.port import ResourceStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -79,7 +79,7 @@ class GatewayContext:
         return fn(*args, **kwargs)
 
 
-def request_store(ctx: GatewayContext, requester: Requester) -> UnitOfWorkStore:
+def request_store(ctx: GatewayContext, requester: Requester) -> ConsentedStore:
     """The one store a route may use: the raw store bound to the requester by consent."""
     return ConsentedStore(ctx.store, requester, ctx.consent)
 

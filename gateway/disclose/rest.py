@@ -9,12 +9,16 @@ request than a whole read (measured), and the binding is clearer written out onc
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
+from gateway.consent.engine import Decision
+from gateway.consent.store import ConsentedStore
 from gateway.disclose.bundles import BundleProcessor
 from gateway.disclose.capability import capability_statement
 from gateway.disclose.deps import GatewayContext, request_store
@@ -36,6 +40,21 @@ from gateway.store.searchparams import RESOURCE_TYPES
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+def explanation(decision: Decision) -> dict[str, Any]:
+    """A Decision as FHIR Parameters: the answer and the rule, never the record."""
+    parameters: list[dict[str, Any]] = [
+        {"name": "permit", "valueBoolean": decision.permit},
+        {"name": "rule", "valueString": decision.rule},
+        {"name": "breakGlass", "valueBoolean": decision.break_glass},
+    ]
+    if decision.consent:
+        parameters.append({"name": "consent", "valueReference": {"reference": decision.consent}})
+    if decision.provision_path:
+        parameters.append({"name": "provision", "valueString": decision.provision_path})
+    parameters += [{"name": "obligation", "valueString": o.rule} for o in decision.obligations]
+    return {"resourceType": "Parameters", "parameter": parameters}
+
+
 class FhirRoute(Route):
     """A Starlette route that names itself in the scope, so that metrics and logs can use its
     path *template* (never the path, which carries ids)."""
@@ -47,7 +66,7 @@ class FhirRoute(Route):
         return match, child
 
 
-async def bind(request: Request) -> tuple[GatewayContext, UnitOfWorkStore]:
+async def bind(request: Request) -> tuple[GatewayContext, ConsentedStore]:
     """Who is asking, and the one store they may use. Every data route starts here."""
     ctx: GatewayContext = request.app.state.gateway
     requester = await ctx.authenticate(request)
@@ -185,6 +204,23 @@ class FhirEndpoints:
         )
         return to_response(result, media)
 
+    async def explain(self, request: Request) -> Response:
+        """``GET /fhir/Consent/$explain?partner=…&resource=Type/id[&purpose=…][&patient=…]``:
+        the consent decision for another partner and the rule behind it (compliance, admin)."""
+        ctx, store = await bind(request)
+        media = response_type(request)
+        params = request.query_params
+        partner = params.get("partner")
+        target = params.get("resource", "")
+        resource_type, _, resource_id = target.partition("/")
+        if not partner or not resource_id:
+            raise BadRequest("$explain needs partner and resource (Type/id)")
+        check_type(resource_type)
+        check_id(resource_id)
+        purposes = tuple(p for p in params.get("purpose", "TREAT").split(",") if p)
+        decision = await ctx.call(store.explain, partner, resource_type, resource_id, purposes)
+        return to_response(Result(200, orjson.dumps(explanation(decision))), media)
+
     async def batch_or_transaction(self, request: Request) -> Response:
         ctx, store = await bind(request)
         media = response_type(request)
@@ -200,6 +236,7 @@ def fhir_routes(interactions: Interactions, bundles: BundleProcessor) -> list[Ba
     e = FhirEndpoints(interactions, bundles)
     instance = "/fhir/{resource_type}/{resource_id}"
     return [
+        FhirRoute("/fhir/Consent/$explain", e.explain, methods=["GET"]),
         FhirRoute(instance, e.read, methods=["GET"]),
         FhirRoute("/fhir/metadata", e.metadata, methods=["GET"]),
         FhirRoute("/fhir/{resource_type}", e.search, methods=["GET"]),

@@ -544,3 +544,70 @@ def test_a_consent_without_the_signed_form_is_refused_naming_the_element(
     assert response.status_code == 422
     assert "Consent.sourceAttachment" in response.json()["issue"][0]["expression"]
     assert shelter.get("/fhir/Consent?_summary=count").json()["total"] == 0
+
+
+# -- Consent/$explain ----------------------------------------------------------------------------
+
+
+def explain(client: TestClient, **params: str) -> Any:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return client.get(f"/fhir/Consent/$explain?{query}")
+
+
+def parameters(response: Any) -> dict[str, Any]:
+    doc = response.json()
+    assert doc["resourceType"] == "Parameters"
+    return {
+        p["name"]: p.get("valueBoolean", p.get("valueString", p.get("valueReference")))
+        for p in doc["parameter"]
+    }
+
+
+def test_compliance_sees_why_the_clinic_is_refused_then_released(
+    settings: Settings,
+    sql_store: SqlStore,
+    clock: FrozenClock,
+    shelter: TestClient,
+    shelter_record: dict[str, str],
+) -> None:
+    target = f"CarePlan/{shelter_record['plan']}"
+    with partner_client(settings, sql_store, clock, "compliance-office", "compliance") as office:
+        before = parameters(explain(office, partner="harbor-clinic", resource=target))
+        assert before["permit"] is False
+        assert before["rule"] == "no-permit"
+        consent = post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"]))
+        after = parameters(explain(office, partner="harbor-clinic", resource=target))
+        assert after["permit"] is True
+        assert after["consent"] == {"reference": f"Consent/{consent.json()['id']}"}
+        legal = parameters(
+            explain(office, partner="northside-legal-aid", resource=target, purpose="HLEGAL")
+        )
+        assert legal["permit"] is False
+        response = explain(office, partner="harbor-clinic", resource=target)
+        assert "Safety plan" not in response.text
+
+
+def test_explain_is_for_compliance_and_administration_only(
+    clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    refused = explain(
+        clinic, partner="harbor-clinic", resource=f"Patient/{shelter_record['patient']}"
+    )
+    assert refused.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("partner", "resource", "status"),
+    [("nobody", "Patient/x", 404), ("harbor-clinic", "Patient/none", 404),
+     ("harbor-clinic", "Patient", 400), ("harbor-clinic", "Observation/1", 404)],
+)  # fmt: skip
+def test_explain_with_unknown_or_malformed_targets(
+    settings: Settings,
+    sql_store: SqlStore,
+    clock: FrozenClock,
+    partner: str,
+    resource: str,
+    status: int,
+) -> None:
+    with partner_client(settings, sql_store, clock, "compliance-office", "compliance") as office:
+        assert explain(office, partner=partner, resource=resource).status_code == status
