@@ -475,19 +475,15 @@ def test_a_consent_for_another_recipient_or_purpose_releases_nothing(
         assert legal_aid.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
 
 
-def test_a_consent_longer_than_a_year_does_not_release_shelter_data(
-    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("2026-11-01", "2028-11-01"), ("2026-01-01", "2026-11-22")],
+    ids=["longer-than-a-year-for-shelter-data", "expired-yesterday"],
+)
+def test_a_consent_outside_its_time_limits_releases_nothing(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str], start: str, end: str
 ) -> None:
-    too_long = release_consent(shelter_record["patient"], start="2026-11-01", end="2028-11-01")
-    post(shelter, "/fhir/Consent", too_long)
-    assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
-
-
-def test_an_expired_consent_releases_nothing(
-    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
-) -> None:
-    expired = release_consent(shelter_record["patient"], start="2026-01-01", end="2026-11-22")
-    post(shelter, "/fhir/Consent", expired)
+    post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"], start=start, end=end))
     assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
 
 
