@@ -67,10 +67,17 @@ from gateway.consent.model import (
     reference_of,
 )
 from gateway.consent.policy import EmergencyRule, KindRule, Obligation, Policy
-from gateway.store.searchparams import IndexEntry, Kind, SearchParam, values_at
+from gateway.store.searchparams import (
+    FACT_PARAMS,
+    FACT_PATHS,
+    FactPaths,
+    IndexEntry,
+    values_at,
+)
 
 __all__ = [
     "FACT_PARAMS",
+    "FACT_PATHS",
     "AccessRequest",
     "Decision",
     "Obligation",
@@ -117,108 +124,7 @@ class Decision:
 
 
 # ---------------------------------------------------------------------------------------------
-# Facts
-
-
-@dataclass(frozen=True, slots=True)
-class FactPaths:
-    patient: tuple[str, ...] = ()  # references to the Patient (a Patient: itself)
-    codes: tuple[str, ...] = ()  # the main code(s)
-    dates: tuple[str, ...] = ()  # clinical date(s): the range is their hull
-    references: tuple[str, ...] = ()  # everything it points at
-    authors: tuple[str, ...] = ()  # who wrote or asked for it
-
-
-FACT_PATHS: dict[str, FactPaths] = {
-    "Patient": FactPaths(
-        references=(
-            "generalPractitioner", "managingOrganization", "link.other", "contact.organization",
-        ),
-    ),
-    "Organization": FactPaths(codes=("type",), references=("partOf", "endpoint")),
-    "CarePlan": FactPaths(
-        patient=("subject",),
-        codes=("category",),
-        dates=("period",),
-        references=(
-            "subject", "basedOn", "replaces", "partOf", "encounter", "author", "contributor",
-            "careTeam", "addresses", "supportingInfo", "goal", "activity.reference",
-            "activity.outcomeReference", "activity.detail.location", "activity.detail.performer",
-            "activity.detail.reasonReference", "activity.detail.goal",
-        ),
-        authors=("author", "contributor"),
-    ),
-    "ServiceRequest": FactPaths(
-        patient=("subject",),
-        codes=("code",),
-        dates=("occurrenceDateTime", "occurrencePeriod", "authoredOn"),
-        references=(
-            "subject", "basedOn", "replaces", "encounter", "requester", "performer",
-            "locationReference", "reasonReference", "insurance", "supportingInfo",
-            "specimen", "relevantHistory",
-        ),
-        authors=("requester",),
-    ),
-    "Task": FactPaths(
-        patient=("for",),
-        codes=("code",),
-        dates=("executionPeriod", "authoredOn"),
-        references=(
-            "basedOn", "partOf", "focus", "for", "encounter", "requester", "owner", "location",
-            "reasonReference", "insurance", "relevantHistory",
-        ),
-        authors=("requester",),
-    ),
-    "Consent": FactPaths(
-        patient=("patient",),
-        codes=("category",),
-        dates=("dateTime",),
-        references=(
-            "patient", "performer", "organization", "sourceReference",
-            "provision.actor.reference", "provision.data.reference",
-        ),
-        authors=("performer",),
-    ),
-    "EpisodeOfCare": FactPaths(
-        patient=("patient",),
-        codes=("type",),
-        dates=("period",),
-        references=(
-            "patient", "managingOrganization", "referralRequest", "careManager", "team",
-            "account", "diagnosis.condition",
-        ),
-    ),
-    "Provenance": FactPaths(
-        patient=("target",),
-        dates=("occurredPeriod", "occurredDateTime", "recorded"),
-        references=("target", "location", "agent.who", "agent.onBehalfOf", "entity.what"),
-        authors=("agent.who",),
-    ),
-    "AuditEvent": FactPaths(
-        patient=("entity.what",),
-        dates=("recorded",),
-        references=("agent.who", "entity.what", "source.observer"),
-    ),
-    "Subscription": FactPaths(),
-}  # fmt: skip
-
-# The index rows that let the store derive the same facts without decrypting (see
-# ``facts_from_index``): add these to each type's extraction plan, next to ``_security``.
-# They are internal (not search parameters a client may use, not advertised).
-FACT_PARAMS: dict[str, tuple[SearchParam, ...]] = {
-    rtype: tuple(
-        SearchParam(name, kind, paths, targets)
-        for name, kind, paths, targets in (
-            ("_consent-patient", Kind.REFERENCE, fp.patient, ("Patient",)),
-            ("_consent-code", Kind.TOKEN, fp.codes, ()),
-            ("_consent-date", Kind.DATE, fp.dates, ()),
-            ("_consent-ref", Kind.REFERENCE, fp.references, ()),
-            ("_consent-author", Kind.REFERENCE, fp.authors, ()),
-        )
-        if paths
-    )
-    for rtype, fp in FACT_PATHS.items()
-}
+# Facts (where they are in each type: ``searchparams.FACT_PATHS``)
 
 
 def _values(node: Any, path: str) -> list[Any]:

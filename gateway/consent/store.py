@@ -22,14 +22,18 @@ What it enforces today:
   effect on the very next one), and then only as ``consent.redact`` leaves it. Anything else is
   absent, with the same 404 as a record that does not exist.
 
-Next (issue 4, in progress): the same release in search and ``_include``, decided from index
-facts inside the store. Until then a search returns only the requester's own records and the
-directory: it under-discloses, never over-discloses.
+- **Consent in search** (matches, ``_include``, ``_revinclude``, Bundles): the store hands
+  the records of other partners that consent might release (``ConsentReach``: patients with an
+  active Consent naming the requester, break-glass types when the search names one survivor)
+  to ``decide``, from their index facts and without decrypting them, *before* it counts and
+  pages; so totals count only what may be seen and every page but the last is full. Released
+  records are then redacted like reads by id. A conditional create matches only what the
+  requester holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -38,7 +42,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.clock import Clock
-from gateway.consent.engine import AccessRequest, Decision, decide, facts_from_resource
+from gateway.consent.engine import (
+    AccessRequest,
+    Decision,
+    ResourceFacts,
+    decide,
+    facts_from_index,
+    facts_from_resource,
+)
 from gateway.consent.labels import LabelTables, labels_for
 from gateway.consent.model import ParsedConsent, parse_consent
 from gateway.consent.policy import Policy
@@ -52,12 +63,22 @@ from gateway.store.port import (
     StoreSession,
     UnitOfWorkStore,
 )
-from gateway.store.query import SearchQuery, Visibility, parse_search
+from gateway.store.query import (
+    Candidate,
+    ConsentReach,
+    Cursor,
+    ReferenceCriterion,
+    SearchQuery,
+    TokenCriterion,
+    Visibility,
+    parse_search,
+)
 from gateway.store.records import canonical
 
 # More Consents than this on one survivor is not a realistic case; should it happen, nothing of
 # theirs is released (a Consent left unread could be the deny that matters).
 MAX_CONSENTS_READ = 500
+CONSENT_PATIENTS_PER_QUERY = 100
 EXPLAINERS = frozenset({"compliance", "admin"})
 
 if TYPE_CHECKING:
@@ -124,7 +145,10 @@ class ConsentedSession:
     def _check_consent_write(self, resource: dict[str, Any]) -> None:
         """Consents are recorded by the advocates of the kinds the policy names, and point at the
         signed form when the policy requires a written consent."""
-        if resource.get("resourceType") != "Consent" or self._rules is None:
+        if resource.get("resourceType") != "Consent":
+            return
+        self._consents.clear()  # a later read in this unit of work must see the change
+        if self._rules is None:
             return
         policy = self._rules.policy
         if self._requester.kind not in policy.consent_writers:
@@ -154,26 +178,26 @@ class ConsentedSession:
         # A deletion marker carries the head's contributor, so it decides like the resource.
         return self._raw.history(resource_type, resource_id, count=1).versions[0]
 
-    def _release(self, stored: StoredResource, interaction: str) -> StoredResource | None:
-        """The version as this requester may see it, or None when it may not see it at all."""
-        if self._visible(stored):
-            return stored
-        if self._rules is None or stored.deleted:
-            return None
-        request = AccessRequest(
+    def _access(self, interaction: str) -> AccessRequest:
+        return AccessRequest(
             partner_id=self._requester.partner_id,
             partner_kind=self._requester.kind,
             organization=self._requester.organization,
             purposes=self._requester.purpose_of_use,
             interaction=interaction,
         )
+
+    def _release(self, stored: StoredResource, interaction: str) -> StoredResource | None:
+        """The version as this requester may see it, or None when it may not see it at all."""
+        if self._visible(stored):
+            return stored
+        if self._rules is None or stored.deleted:
+            return None
         doc = orjson.loads(stored.body)
-        decision = self._decide(request, stored, doc)
+        decision = self._decide(self._access(interaction), stored, doc)
         if not decision.permit:
             return None
-        if not decision.obligations:
-            return stored
-        return replace(stored, body=canonical(redact(doc, decision.obligations)))
+        return _redacted(stored, decision, doc)
 
     def _decide(
         self, request: AccessRequest, stored: StoredResource, doc: dict[str, Any]
@@ -185,10 +209,18 @@ class ConsentedSession:
             contributor=stored.contributor,
             contributor_kind=rules.partner_kinds.get(stored.contributor or ""),
         )
-        consents = self._consents_of(facts.patient_id) if facts.patient_id else []
+        return self._decide_facts(self._raw, request, facts)
+
+    def _decide_facts(
+        self, session: StoreSession, request: AccessRequest, facts: ResourceFacts
+    ) -> Decision:
+        assert self._rules is not None
+        consents: list[ParsedConsent] | None = []
+        if facts.patient_id:
+            consents = self._consents_of(session, [facts.patient_id])[facts.patient_id]
         if consents is None:
             return Decision(False, "too-many-consents", None, None)
-        return decide(request, facts, consents, rules.policy, rules.clock.now())
+        return decide(request, facts, consents, self._rules.policy, self._rules.clock.now())
 
     def explain(
         self, partner_id: str, resource_type: str, resource_id: str, purposes: tuple[str, ...]
@@ -212,16 +244,32 @@ class ConsentedSession:
         )
         return self._decide(request, stored, orjson.loads(stored.body))
 
-    def _consents_of(self, patient_id: str) -> list[ParsedConsent] | None:
-        if patient_id not in self._consents:
-            query = parse_search("Consent", [("patient", f"Patient/{patient_id}")])
-            page = self._raw.search(replace(query, count=MAX_CONSENTS_READ))
-            self._consents[patient_id] = (
-                None
-                if page.next_cursor is not None
-                else [parse_consent(orjson.loads(c.body)) for c in page.matches]
-            )
-        return self._consents[patient_id]
+    def _consents_of(
+        self, session: StoreSession, patient_ids: Iterable[str]
+    ) -> dict[str, list[ParsedConsent] | None]:
+        """The patients' Consents, parsed, read once per request (never across requests, so a
+        revocation bites on the very next one); None for a patient with more than
+        ``MAX_CONSENTS_READ`` (nothing of theirs is released)."""
+        missing = sorted({p for p in patient_ids if p not in self._consents})
+        for start in range(0, len(missing), CONSENT_PATIENTS_PER_QUERY):
+            chunk = missing[start : start + CONSENT_PATIENTS_PER_QUERY]
+            found: dict[str, list[ParsedConsent] | None] = {p: [] for p in chunk}
+            refs = ",".join(f"Patient/{p}" for p in chunk)
+            query = replace(parse_search("Consent", [("patient", refs)]), count=MAX_CONSENTS_READ)
+            while True:
+                page = session.search(query)
+                for stored in page.matches:
+                    parsed = parse_consent(orjson.loads(stored.body))
+                    held = found.get(parsed.patient_id or "")
+                    if held is not None:
+                        held.append(parsed)
+                if page.next_cursor is None:
+                    break
+                query = replace(query, cursor=Cursor.decode(page.next_cursor))
+            for patient_id, held in found.items():
+                too_many = held is not None and len(held) > MAX_CONSENTS_READ
+                self._consents[patient_id] = None if too_many else held
+        return {p: self._consents[p] for p in patient_ids}
 
     def _could_see(self, resource_type: str, resource_id: str) -> bool:
         """Whether the requester could see the resource before it was deleted."""
@@ -292,10 +340,64 @@ class ConsentedSession:
         included_types = {i.target_type for i in query.includes if i.target_type}
         for target in included_types:
             self._allow(target, "read")
-        page = self._raw.search(replace(query, visible_to=self._visibility))
+        decisions: dict[tuple[str, str], Decision] = {}
+        visibility = replace(self._visibility, reach=self._reach(query, decisions))
+        page = self._raw.search(replace(query, visible_to=visibility))
         # An _include without a target type may reach any type: keep only what scopes allow.
         included = [r for r in page.included if self._grant.allows(r.resource_type, "read")]
-        return replace(page, included=included)
+        if not decisions:
+            return replace(page, included=included)
+        return replace(
+            page,
+            matches=[_redacted(r, decisions.get(r.key)) for r in page.matches],
+            included=[_redacted(r, decisions.get(r.key)) for r in included],
+        )
+
+    def _reach(
+        self, query: SearchQuery, decisions: dict[tuple[str, str], Decision]
+    ) -> ConsentReach | None:
+        """How far past its own records this search may see: the records ``decide`` releases
+        (each Decision kept in ``decisions`` for redaction). None for a conditional create's
+        lookup (``held_only``: a partner matches only records it holds) and without rules."""
+        rules = self._rules
+        actor = _reference_parts(self._requester.organization)
+        if rules is None or query.held_only or actor is None:
+            return None
+        request = self._access("search")
+        now = rules.clock.now()
+
+        def release(session: StoreSession, found: Sequence[Candidate]) -> set[tuple[str, str]]:
+            facts = [
+                facts_from_index(
+                    c.resource_type,
+                    c.id,
+                    c.entries,
+                    contributor=c.contributor,
+                    contributor_kind=rules.partner_kinds.get(c.contributor or ""),
+                )
+                for c in found
+            ]
+            consents = self._consents_of(session, {f.patient_id for f in facts if f.patient_id})
+            released: set[tuple[str, str]] = set()
+            for candidate, fact in zip(found, facts, strict=True):
+                held = consents.get(fact.patient_id) if fact.patient_id else []
+                if held is None:
+                    continue
+                decision = decide(request, fact, held, rules.policy, now)
+                if decision.permit:
+                    released.add(candidate.key)
+                    decisions[candidate.key] = decision
+            return released
+
+        open_types = set(rules.policy.directory_types)
+        if _pins_one_patient(query):
+            # Break-glass reaches one survivor's record at a time, never a whole population.
+            for rule in rules.policy.emergency:
+                if self._requester.kind in rule.partner_kinds and not rule.purposes.isdisjoint(
+                    self._requester.purpose_of_use
+                ):
+                    open_types |= rule.resource_types
+        return ConsentReach(actor, frozenset(open_types), release)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -329,6 +431,8 @@ class ConsentedSession:
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         self._allow(resource_type, "delete")
         self._require_own(resource_type, resource_id)
+        if resource_type == "Consent":
+            self._consents.clear()
         return self._raw.delete(resource_type, resource_id)
 
     def write_many(
@@ -360,3 +464,39 @@ class ConsentedStore(ConsentedSession):
         """A unit of work bound to the same requester: a Bundle cannot read around consent."""
         with self._store.transaction() as session:
             yield ConsentedSession(session, self._requester, self._rules)
+
+
+def _redacted(
+    stored: StoredResource, decision: Decision | None, doc: dict[str, Any] | None = None
+) -> StoredResource:
+    """The version with the decision's obligations applied (unchanged without any)."""
+    if decision is None or not decision.obligations:
+        return stored
+    body = doc if doc is not None else orjson.loads(stored.body)
+    return replace(stored, body=canonical(redact(body, decision.obligations)))
+
+
+def _reference_parts(reference: str) -> tuple[str, str] | None:
+    resource_type, _, resource_id = reference.partition("/")
+    return (resource_type, resource_id) if resource_type and resource_id else None
+
+
+PATIENT_PARAMS = frozenset({"patient", "subject"})
+
+
+def _pins_one_patient(query: SearchQuery) -> bool:
+    """Whether the search names one survivor: Patient by one ``_id`` or one full identifier,
+    or another type by one ``patient``/``subject`` reference to a Patient."""
+    for clause in query.clauses:
+        if query.resource_type == "Patient":
+            if clause.name == "_id" and len(clause.ids) == 1:
+                return True
+            if clause.name == "identifier" and len(clause.criteria) == 1:
+                (token,) = clause.criteria
+                if isinstance(token, TokenCriterion) and token.system and token.code:
+                    return True
+        elif clause.name in PATIENT_PARAMS and len(clause.criteria) == 1:
+            (ref,) = clause.criteria
+            if isinstance(ref, ReferenceCriterion) and ref.ref_type in (None, "Patient"):
+                return True
+    return False

@@ -161,7 +161,7 @@ class Interactions:
             # Criteria that select everything would make "create if absent" mean "never create".
             raise BadRequest("If-None-Exist needs at least one search criterion")
         session.serialize(f"conditional-create:{resource_type}?{criteria}")
-        page = session.search(SearchQuery(resource_type, query.clauses, count=2))
+        page = session.search(SearchQuery(resource_type, query.clauses, count=2, held_only=True))
         if not page.matches:
             return None
         if len(page.matches) > 1:

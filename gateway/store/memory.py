@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,15 +16,17 @@ from gateway.clock import Clock
 from gateway.errors import Conflict, Gone, NotFound, PreconditionFailed, not_found
 from gateway.store.port import HistoryPage, SearchPage, StoredResource
 from gateway.store.query import (
+    Candidate,
     Clause,
     Cursor,
     DateCriterion,
     SearchQuery,
+    Visibility,
     clause_matches,
     date_matches,
 )
 from gateway.store.records import PreparedVersion, new_id, prepare
-from gateway.store.searchparams import IndexEntry, stamp
+from gateway.store.searchparams import FACT_PARAM_NAMES, IndexEntry, stamp
 
 
 @dataclass
@@ -288,14 +291,16 @@ class _MemorySession:
         return clause_matches(clause, head.index)
 
     def search(self, query: SearchQuery) -> SearchPage:
-        hits = [
-            h
-            for h in self._state.heads.values()
-            if h.resource_type == query.resource_type
-            and not h.current.deleted
-            and self._visible(query, h)
-            and all(self._matches(h, c) for c in query.clauses)
-        ]
+        hits = self._visible_among(
+            query.visible_to,
+            [
+                h
+                for h in self._state.heads.values()
+                if h.resource_type == query.resource_type
+                and not h.current.deleted
+                and all(self._matches(h, c) for c in query.clauses)
+            ],
+        )
         total = len(hits)
         if query.summary_count or query.count == 0:
             return SearchPage([], total)
@@ -332,14 +337,33 @@ class _MemorySession:
         included = self._included(query, page)
         return SearchPage([h.current for h in page], total, next_cursor, prev_cursor, included)
 
-    @staticmethod
-    def _visible(query: SearchQuery, head: _Head) -> bool:
-        return query.visible_to is None or query.visible_to.admits(
-            head.resource_type, head.contributor
-        )
+    def _visible_among(self, visibility: Visibility | None, heads: list[_Head]) -> list[_Head]:
+        """The heads the requester may see, in their order: its own and the directory, and
+        whatever ``visibility.reach`` releases of the rest (all of the rest is asked: no
+        narrowing here, so the contract tests hold the SQL store's narrowing to this)."""
+        if visibility is None:
+            return heads
+        others = [h for h in heads if not visibility.admits(h.resource_type, h.contributor)]
+        if visibility.reach is None or not others:
+            released: AbstractSet[tuple[str, str]] = frozenset()
+        else:
+            released = visibility.reach.release(
+                self,
+                [
+                    Candidate(
+                        h.resource_type,
+                        h.id,
+                        h.contributor,
+                        tuple(e for e in h.index if e.param in FACT_PARAM_NAMES),
+                    )
+                    for h in others
+                ],
+            )
+        hidden = {id(h) for h in others if (h.resource_type, h.id) not in released}
+        return [h for h in heads if id(h) not in hidden]
 
     def _included(self, query: SearchQuery, page: list[_Head]) -> list[StoredResource]:
-        out: dict[tuple[str, str], StoredResource] = {}
+        targets: dict[tuple[str, str], _Head] = {}
         for inc in query.includes:
             for h in page:
                 for e in h.index:
@@ -348,26 +372,26 @@ class _MemorySession:
                     if inc.target_type and e.ref_type != inc.target_type:
                         continue
                     target = self._head(e.ref_type, e.ref_id)
-                    if (
-                        target is not None
-                        and not target.current.deleted
-                        and self._visible(query, target)
-                    ):
-                        out[(e.ref_type, e.ref_id)] = target.current
+                    if target is not None and not target.current.deleted:
+                        targets[(e.ref_type, e.ref_id)] = target
+        out: dict[tuple[str, str], StoredResource] = {
+            (h.resource_type, h.id): h.current
+            for h in self._visible_among(query.visible_to, list(targets.values()))
+        }
         ids = {h.id for h in page}
         for inc in query.revincludes:
-            for other in sorted(self._state.heads.values(), key=lambda h: h.rid):
-                if (
-                    other.resource_type != inc.source_type
-                    or other.current.deleted
-                    or not self._visible(query, other)
-                ):
-                    continue
-                if any(
+            sources = [
+                other
+                for other in sorted(self._state.heads.values(), key=lambda h: h.rid)
+                if other.resource_type == inc.source_type
+                and not other.current.deleted
+                and any(
                     e.param == inc.param and e.ref_type == query.resource_type and e.ref_id in ids
                     for e in other.index
-                ):
-                    out[(other.resource_type, other.id)] = other.current
+                )
+            ]
+            for other in self._visible_among(query.visible_to, sources):
+                out[(other.resource_type, other.id)] = other.current
         return [r for k, r in out.items() if not (k[0] == query.resource_type and k[1] in ids)]
 
 

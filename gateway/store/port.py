@@ -33,6 +33,10 @@ class StoredResource:
     def reference(self) -> str:
         return f"{self.resource_type}/{self.id}"
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.resource_type, self.id)
+
 
 @dataclass(frozen=True, slots=True)
 class SearchPage:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -25,6 +26,9 @@ from gateway.store.searchparams import (
     normalise,
     parse_date_range,
 )
+
+if TYPE_CHECKING:
+    from gateway.store.port import StoreSession
 
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 SUPPORTED_DATE_PREFIXES = frozenset({"eq", "ne", "gt", "lt", "ge", "le"})
@@ -119,20 +123,68 @@ class SearchQuery:
     summary_count: bool = False
     # What the next link must repeat (everything but the cursor), in request order.
     echo: tuple[tuple[str, str], ...] = field(default=(), compare=False)
-    # Set by the consent layer, never by a client: restrict matches *and* includes to what a
-    # partner may see without a Consent, inside the store, so totals and paging count only those.
+    # Set by the consent layer, never by a client: restrict matches *and* includes to what the
+    # partner may see, inside the store, so totals and paging count only those.
     visible_to: Visibility | None = None
+    # Only what the requester holds (contributed, or the directory), never what a Consent lets
+    # it see: conditional create asks "do I already have this?", and a match on another
+    # partner's record would answer with an id the requester cannot update.
+    held_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """Another partner's record that consent might release, as the store knows it without
+    decrypting: its head and the consent-fact index rows of its current version
+    (``searchparams.FACT_PARAM_NAMES``)."""
+
+    resource_type: str
+    id: str
+    contributor: str | None
+    entries: tuple[IndexEntry, ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.resource_type, self.id)
+
+
+# Decides a batch of candidates at once (one lookup of the patients' Consents) and answers the
+# keys of those released. The store passes its own unit of work, so that Consents are read in
+# the same snapshot and on the same connection (a second pool checkout per request could
+# exhaust the pool under load).
+Release = Callable[["StoreSession", Sequence[Candidate]], AbstractSet[tuple[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentReach:
+    """Which records of other partners are worth asking the consent engine about.
+
+    The store narrows in SQL to a superset of what the engine could release, so that a search
+    hands the engine a handful of rows rather than the network's: records of patients with an
+    active Consent that names ``actor`` (a permit releases only to an actor named on its path),
+    plus any record of ``open_types`` (released without such a Consent: break-glass types for
+    an emergency request, directory entries an administrator wrote). ``release`` then decides.
+    """
+
+    actor: tuple[str, str]  # the requester's Organization: ("Organization", "harbor-clinic")
+    open_types: frozenset[str]
+    release: Release
 
 
 @dataclass(frozen=True, slots=True)
 class Visibility:
-    """What a partner sees without a Consent: what it contributed, and the directory entries
-    (types the network policy lists) that the gateway itself wrote."""
+    """What a partner sees: what it contributed, the directory entries (types the network
+    policy lists) that the gateway itself wrote, and, when ``reach`` is given, the records of
+    other partners that ``reach.release`` releases. A store may narrow what it hands to
+    ``release`` as ``ConsentReach`` says (SQL does); the in-memory twin hands it everything, so
+    the contract tests prove the narrowing never hides what the engine would release."""
 
     partner_id: str
     directory_types: frozenset[str] = frozenset()
+    reach: ConsentReach | None = None
 
     def admits(self, resource_type: str, contributor: str | None) -> bool:
+        """Visible without asking consent."""
         if contributor is not None:
             return contributor == self.partner_id
         return resource_type in self.directory_types

@@ -163,6 +163,125 @@ PARAMS: dict[str, tuple[SearchParam, ...]] = {
     ),
 }
 
+# ---------------------------------------------------------------------------------------------
+# Consent facts: where, in each type, are the things ``consent.engine.decide`` looks at
+
+CONSENT_PATIENT = "_consent-patient"
+CONSENT_ACTOR = "_consent-actor"
+
+
+@dataclass(frozen=True, slots=True)
+class FactPaths:
+    patient: tuple[str, ...] = ()  # references to the Patient (a Patient: itself)
+    codes: tuple[str, ...] = ()  # the main code(s)
+    dates: tuple[str, ...] = ()  # clinical date(s): the range is their hull
+    references: tuple[str, ...] = ()  # everything it points at
+    authors: tuple[str, ...] = ()  # who wrote or asked for it
+
+
+FACT_PATHS: dict[str, FactPaths] = {
+    "Patient": FactPaths(
+        references=(
+            "generalPractitioner", "managingOrganization", "link.other", "contact.organization",
+        ),
+    ),
+    "Organization": FactPaths(codes=("type",), references=("partOf", "endpoint")),
+    "CarePlan": FactPaths(
+        patient=("subject",),
+        codes=("category",),
+        dates=("period",),
+        references=(
+            "subject", "basedOn", "replaces", "partOf", "encounter", "author", "contributor",
+            "careTeam", "addresses", "supportingInfo", "goal", "activity.reference",
+            "activity.outcomeReference", "activity.detail.location", "activity.detail.performer",
+            "activity.detail.reasonReference", "activity.detail.goal",
+        ),
+        authors=("author", "contributor"),
+    ),
+    "ServiceRequest": FactPaths(
+        patient=("subject",),
+        codes=("code",),
+        dates=("occurrenceDateTime", "occurrencePeriod", "authoredOn"),
+        references=(
+            "subject", "basedOn", "replaces", "encounter", "requester", "performer",
+            "locationReference", "reasonReference", "insurance", "supportingInfo",
+            "specimen", "relevantHistory",
+        ),
+        authors=("requester",),
+    ),
+    "Task": FactPaths(
+        patient=("for",),
+        codes=("code",),
+        dates=("executionPeriod", "authoredOn"),
+        references=(
+            "basedOn", "partOf", "focus", "for", "encounter", "requester", "owner", "location",
+            "reasonReference", "insurance", "relevantHistory",
+        ),
+        authors=("requester",),
+    ),
+    "Consent": FactPaths(
+        patient=("patient",),
+        codes=("category",),
+        dates=("dateTime",),
+        references=(
+            "patient", "performer", "organization", "sourceReference",
+            "provision.actor.reference", "provision.data.reference",
+        ),
+        authors=("performer",),
+    ),
+    "EpisodeOfCare": FactPaths(
+        patient=("patient",),
+        codes=("type",),
+        dates=("period",),
+        references=(
+            "patient", "managingOrganization", "referralRequest", "careManager", "team",
+            "account", "diagnosis.condition",
+        ),
+    ),
+    "Provenance": FactPaths(
+        patient=("target",),
+        dates=("occurredPeriod", "occurredDateTime", "recorded"),
+        references=("target", "location", "agent.who", "agent.onBehalfOf", "entity.what"),
+        authors=("agent.who",),
+    ),
+    "AuditEvent": FactPaths(
+        patient=("entity.what",),
+        dates=("recorded",),
+        references=("agent.who", "entity.what", "source.observer"),
+    ),
+    "Subscription": FactPaths(),
+}  # fmt: skip
+
+# Provision trees nest; the JSON depth limit (64) bounds how deep an actor can sit.
+_ACTOR_PATHS = tuple(
+    ".".join(["provision"] * depth + ["actor", "reference"]) for depth in range(1, 32)
+)
+
+# The index rows that let the store derive the same facts without decrypting
+# (``consent.engine.facts_from_index``), written next to ``_security`` for every version. They
+# are internal: not search parameters a client may use, not advertised. ``_consent-actor``
+# (every actor a Consent names, at any depth) lets the store narrow a search to the patients who
+# named the requester before it asks the engine anything: a permit releases only to an actor
+# named on its path.
+FACT_PARAMS: dict[str, tuple[SearchParam, ...]] = {
+    rtype: tuple(
+        SearchParam(name, kind, paths, targets)
+        for name, kind, paths, targets in (
+            (CONSENT_PATIENT, Kind.REFERENCE, fp.patient, ("Patient",)),
+            ("_consent-code", Kind.TOKEN, fp.codes, ()),
+            ("_consent-date", Kind.DATE, fp.dates, ()),
+            ("_consent-ref", Kind.REFERENCE, fp.references, ()),
+            ("_consent-author", Kind.REFERENCE, fp.authors, ()),
+        )
+        if paths
+    )
+    for rtype, fp in FACT_PATHS.items()
+}
+FACT_PARAMS["Consent"] += (SearchParam(CONSENT_ACTOR, Kind.REFERENCE, _ACTOR_PATHS),)
+FACT_PARAM_NAMES = frozenset(
+    {"_security", *(p.name for params in FACT_PARAMS.values() for p in params)}
+)
+
 RESOURCE_TYPES: tuple[str, ...] = tuple(PARAMS)
 
 # Result parameters and special parameters that are not index lookups.
@@ -196,9 +315,14 @@ def lookup(resource_type: str, name: str) -> SearchParam | None:
 # Extraction
 
 
-# Per type: (parameter, path split into steps), computed once.
+# Per type: (parameter, path split into steps), computed once; the client's parameters and the
+# internal consent facts.
 _PLAN: dict[str, tuple[tuple[SearchParam, tuple[str, ...]], ...]] = {
-    t: tuple((p, tuple(path.split("."))) for p in by_name.values() for path in p.paths)
+    t: tuple(
+        (p, tuple(path.split(".")))
+        for p in (*by_name.values(), *FACT_PARAMS.get(t, ()))
+        for path in p.paths
+    )
     for t, by_name in _BY_TYPE.items()
 }
 

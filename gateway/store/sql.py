@@ -14,23 +14,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     Engine,
     String,
     and_,
+    any_,
+    bindparam,
     delete,
     false,
     func,
     insert,
     literal,
+    not_,
     or_,
     select,
     true,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from gateway.clock import Clock
@@ -45,7 +51,9 @@ from gateway.errors import (
 from gateway.keys import DecryptionError, FileKeyRing, KeyRing
 from gateway.store.port import HistoryPage, SearchPage, StoredResource
 from gateway.store.query import (
+    Candidate,
     Clause,
+    ConsentReach,
     Cursor,
     DateCriterion,
     ReferenceCriterion,
@@ -58,7 +66,14 @@ from gateway.store.records import PreparedVersion, aad, new_id, prepare
 from gateway.store.schema import resource_versions as V
 from gateway.store.schema import resources as R
 from gateway.store.schema import search_index as SI
-from gateway.store.searchparams import Kind, stamp
+from gateway.store.searchparams import (
+    CONSENT_ACTOR,
+    CONSENT_PATIENT,
+    FACT_PARAM_NAMES,
+    IndexEntry,
+    Kind,
+    stamp,
+)
 
 Timing = Callable[[str, float], None]
 
@@ -622,7 +637,7 @@ class _SqlSession:
         where = [R.c.resource_type == query.resource_type, R.c.deleted == false()]
         where.extend(_clause_sql(query.resource_type, c) for c in query.clauses)
         if query.visible_to is not None:
-            where.append(_visible_sql(query.visible_to))
+            where.append(self._visible_where(query.visible_to, where, query.resource_type))
         total = self.conn.execute(select(func.count()).select_from(R).where(*where)).scalar_one()
         if query.summary_count or query.count == 0:
             return SearchPage([], total)
@@ -652,12 +667,73 @@ class _SqlSession:
         included = self._included(query, [r.rid for r in rows], [r.id for r in rows])
         return SearchPage(matches, total, next_cursor, prev_cursor, included)
 
+    def _visible_where(
+        self,
+        visibility: Visibility,
+        where: Sequence[ColumnElement[bool]],
+        narrow_to: str | None = None,
+    ) -> ColumnElement[bool]:
+        """The term that keeps, among the rows ``where`` selects, those the requester may see:
+        its own and the directory, plus the rows ``visibility.reach`` releases. Those are
+        decided here, before the count and the page are read, so that totals and paging count
+        only what may be seen. ``narrow_to`` (a resource type) applies ``ConsentReach``'s
+        narrowing first; includes name their few rows exactly and need none."""
+        own = _visible_sql(visibility)
+        reach = visibility.reach
+        if reach is None:
+            return own
+        candidates = [*where, _not_visible_sql(visibility)]
+        if narrow_to is not None:
+            candidates.append(_reach_sql(reach, narrow_to))
+        admitted = self._admitted(reach, candidates)
+        return or_(own, self._rid_in(admitted)) if admitted else own
+
+    def _admitted(self, reach: ConsentReach, where: Sequence[ColumnElement[bool]]) -> list[int]:
+        """Row ids of the candidates ``where`` selects that ``reach.release`` releases, decided
+        from their consent-fact index rows (nothing is decrypted)."""
+        facts = and_(SI.c.rid == R.c.rid, SI.c.param.in_(sorted(FACT_PARAM_NAMES)))
+        rows = self.conn.execute(
+            select(
+                R.c.rid, R.c.resource_type, R.c.id, R.c.contributor, SI.c.param, SI.c.system,
+                SI.c.code, SI.c.ref_type, SI.c.ref_id, SI.c.low, SI.c.high,
+            )
+            .select_from(R.outerjoin(SI, facts))
+            .where(*where)
+            .order_by(R.c.rid)
+        )  # fmt: skip
+        heads: dict[int, tuple[str, str, str | None]] = {}
+        entries: dict[int, list[IndexEntry]] = {}
+        for rid, rtype, rid_, who, param, system, code, ref_type, ref_id, low, high in rows:
+            if rid not in heads:
+                heads[rid] = (rtype, rid_, who)
+                entries[rid] = []
+            if param is not None:
+                entries[rid].append(
+                    IndexEntry(param, system, code, None, None, ref_type, ref_id, low, high)
+                )
+        if not heads:
+            return []
+        candidates = {
+            rid: Candidate(rtype, rid_, who, tuple(entries[rid]))
+            for rid, (rtype, rid_, who) in heads.items()
+        }
+        released = reach.release(self, list(candidates.values()))
+        return [rid for rid, c in candidates.items() if c.key in released]
+
+    def _rid_in(self, rids: list[int]) -> ColumnElement[bool]:
+        """``rid IN (...)`` with the ids as one parameter (a JSON array on SQLite, an array on
+        PostgreSQL): a search may admit more rows than a statement may have parameters."""
+        if self._postgres:
+            return R.c.rid == any_(bindparam("admitted", rids, type_=ARRAY(BigInteger)))
+        values = func.json_each(orjson.dumps(rids).decode()).table_valued("value")
+        return R.c.rid.in_(select(values.c.value))
+
     def _included(
         self, query: SearchQuery, rids: list[int], ids: list[str]
     ) -> list[StoredResource]:
         if not rids or not (query.includes or query.revincludes):
             return []
-        visible = [] if query.visible_to is None else [_visible_sql(query.visible_to)]
+        vis = query.visible_to
         wanted: dict[tuple[str, str], None] = {}
         for inc in query.includes:
             q = select(SI.c.ref_type, SI.c.ref_id).where(
@@ -671,13 +747,10 @@ class _SqlSession:
         if wanted:
             for chunk_start in range(0, len(wanted), 500):
                 chunk = list(wanted)[chunk_start : chunk_start + 500]
-                for row in self.conn.execute(
-                    _CURRENT.where(
-                        tuple_(R.c.resource_type, R.c.id).in_(chunk),
-                        R.c.deleted == false(),
-                        *visible,
-                    )
-                ):
+                where = [tuple_(R.c.resource_type, R.c.id).in_(chunk), R.c.deleted == false()]
+                if vis is not None:
+                    where.append(self._visible_where(vis, where))
+                for row in self.conn.execute(_CURRENT.where(*where)):
                     out[(row.resource_type, row.id)] = self._decrypt(row)
         for inc in query.revincludes:
             sub = select(SI.c.rid).where(
@@ -686,9 +759,10 @@ class _SqlSession:
                 SI.c.ref_type == query.resource_type,
                 SI.c.ref_id.in_(ids),
             )
-            for row in self.conn.execute(
-                _CURRENT.where(R.c.rid.in_(sub), R.c.deleted == false(), *visible).order_by(R.c.rid)
-            ):
+            where = [R.c.rid.in_(sub), R.c.deleted == false()]
+            if vis is not None:
+                where.append(self._visible_where(vis, where))
+            for row in self.conn.execute(_CURRENT.where(*where).order_by(R.c.rid)):
                 out[(row.resource_type, row.id)] = self._decrypt(row)
         page = {(query.resource_type, i) for i in ids}
         return [res for key, res in out.items() if key not in page]
@@ -703,6 +777,45 @@ def _visible_sql(visibility: Visibility) -> ColumnElement[bool]:
             R.c.resource_type.in_(sorted(visibility.directory_types)),
         ),
     )
+
+
+def _not_visible_sql(visibility: Visibility) -> ColumnElement[bool]:
+    """``not Visibility.admits``, written out: negating ``_visible_sql`` would be NULL (and so
+    never true) for a row without contributor."""
+    return and_(
+        or_(R.c.contributor.is_(None), R.c.contributor != visibility.partner_id),
+        not_(
+            and_(
+                R.c.contributor.is_(None),
+                R.c.resource_type.in_(sorted(visibility.directory_types)),
+            )
+        ),
+    )
+
+
+def _reach_sql(reach: ConsentReach, resource_type: str) -> ColumnElement[bool]:
+    """``ConsentReach``'s narrowing for rows of ``resource_type``: an open type, or a record of
+    a patient who has an active Consent naming the requester's Organization as an actor."""
+    if resource_type in reach.open_types:
+        return true()
+    actor_type, actor_id = reach.actor
+    consent_rows = SI.c.resource_type == "Consent"
+    naming = select(SI.c.rid).where(
+        consent_rows, SI.c.param == CONSENT_ACTOR, SI.c.ref_type == actor_type,
+        SI.c.ref_id == actor_id,
+    )  # fmt: skip
+    active = select(SI.c.rid).where(consent_rows, SI.c.param == "status", SI.c.code == "active")
+    patients = select(SI.c.ref_id).where(
+        consent_rows, SI.c.param == CONSENT_PATIENT, SI.c.ref_type == "Patient",
+        SI.c.rid.in_(naming), SI.c.rid.in_(active),
+    )  # fmt: skip
+    if resource_type == "Patient":
+        return R.c.id.in_(patients)
+    of_patients = select(SI.c.rid).where(
+        SI.c.resource_type == resource_type, SI.c.param == CONSENT_PATIENT,
+        SI.c.ref_type == "Patient", SI.c.ref_id.in_(patients),
+    )  # fmt: skip
+    return R.c.rid.in_(of_patients)
 
 
 def _open(

@@ -41,7 +41,7 @@ from gateway.store.database import make_engine
 from gateway.store.schema import token_replay
 from gateway.store.sql import SqlStore
 from tests.conftest import START
-from tests.disclose.conftest import BASE
+from tests.support.network import BASE
 
 TOKEN_URL = f"{BASE}/auth/token"
 NOW = START.timestamp()

@@ -4,80 +4,17 @@ Every route goes through ``ConsentedStore``; a route that did not would fail the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.clock import FrozenClock
-from gateway.disclose.deps import Requester, fixed_requester
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
-from tests.disclose.conftest import BASE
-from tests.disclose.test_rest import FHIR
-from tests.support.records import MRN, care_plan, patient, referral, task
-
-ALL = ("system/*.cruds",)
-KINDS = {
-    "riverside-shelter": "shelter",
-    "harbor-clinic": "clinic",
-    "northside-legal-aid": "legal-aid",
-    "st-marys-hospital": "hospital",
-}
-
-
-def partner_client(
-    settings: Settings,
-    store: SqlStore,
-    clock: FrozenClock,
-    partner_id: str,
-    kind: str,
-    scopes: tuple[str, ...] = ALL,
-    purposes: tuple[str, ...] = ("TREAT",),
-) -> TestClient:
-    requester = Requester(partner_id, kind, f"Organization/{partner_id}", scopes, purposes)
-    app = create_app(
-        settings,
-        store=store,
-        clock=clock,
-        authenticate=fixed_requester(requester),
-        partner_kinds=KINDS,
-    )
-    return TestClient(app, base_url=BASE)
-
-
-@pytest.fixture
-def shelter(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
-    with partner_client(settings, sql_store, clock, "riverside-shelter", "shelter") as c:
-        yield c
-
-
-@pytest.fixture
-def clinic(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
-    with partner_client(settings, sql_store, clock, "harbor-clinic", "clinic") as c:
-        yield c
-
-
-def post(client: TestClient, url: str, resource: dict[str, Any], **headers: str) -> Any:
-    return client.post(url, content=orjson.dumps(resource), headers={**FHIR, **headers})
-
-
-@pytest.fixture
-def shelter_record(shelter: TestClient) -> dict[str, str]:
-    """A survivor the shelter registered, with a plan and a referral to the clinic."""
-    survivor = post(shelter, "/fhir/Patient", patient("Álvarez", "María", mrn="RSH-000412")).json()
-    plan = post(shelter, "/fhir/CarePlan", care_plan(survivor["id"])).json()
-    ref = post(shelter, "/fhir/ServiceRequest", referral(survivor["id"])).json()
-    work = post(shelter, "/fhir/Task", task(ref["id"], survivor["id"])).json()
-    return {
-        "patient": survivor["id"],
-        "plan": plan["id"],
-        "referral": ref["id"],
-        "task": work["id"],
-    }
+from tests.support.network import FHIR, partner_client, post, release_consent
+from tests.support.records import MRN, care_plan, patient, referral
 
 
 def test_a_partner_reads_back_what_it_contributed(
@@ -365,40 +302,6 @@ def test_the_writers_own_labels_are_kept(clinic: TestClient) -> None:
 
 
 # -- release under a survivor's Consent (reads by id) -------------------------------------------
-
-
-def release_consent(
-    patient_id: str,
-    *,
-    recipient: str = "Organization/harbor-clinic",
-    purpose: str = "TREAT",
-    start: str = "2026-11-01",
-    end: str = "2027-05-01",
-) -> dict[str, Any]:
-    """A written, time-limited release (VAWA) to one recipient for one purpose."""
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                              "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "64292-6"}]}],
-        "patient": {"reference": f"Patient/{patient_id}"},
-        "dateTime": "2026-11-20T14:30:00Z",
-        "sourceAttachment": {"contentType": "application/pdf", "title": "Signed release",
-                             "url": "https://docs.riverside.example/releases/000412.pdf"},
-        "provision": {
-            "type": "permit",
-            "period": {"start": start, "end": end},
-            "actor": [{"role": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                "code": "IRCP"}]}, "reference": {"reference": recipient}}],
-            "action": [{"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/consentaction",
-                "code": "disclose"}]}],
-            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
-                         "code": purpose}],
-        },
-    }  # fmt: skip
 
 
 def test_a_written_time_limited_consent_releases_the_shelters_plan_to_the_clinic(

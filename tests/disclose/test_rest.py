@@ -8,9 +8,8 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.support.network import FHIR
 from tests.support.records import MRN, care_plan, patient, referral, task
-
-FHIR = {"Content-Type": "application/fhir+json"}
 
 
 def post(client: TestClient, url: str, resource: dict[str, Any], **headers: str) -> Any:
