@@ -68,6 +68,7 @@ from gateway.consent.model import (
 )
 from gateway.consent.policy import EmergencyRule, KindRule, Obligation, Policy
 from gateway.store.searchparams import (
+    CONSENT_PATIENT,
     FACT_PARAMS,
     FACT_PATHS,
     FactPaths,
@@ -83,8 +84,11 @@ __all__ = [
     "Obligation",
     "ResourceFacts",
     "decide",
+    "decision_key",
+    "facets_examined",
     "facts_from_index",
     "facts_from_resource",
+    "patient_from_index",
 ]
 
 
@@ -200,6 +204,22 @@ def facts_from_resource(
     )
 
 
+def patient_from_index(
+    resource_type: str, resource_id: str, entries: Iterable[IndexEntry]
+) -> str | None:
+    """The patient ``facts_from_index`` finds for these rows (a Patient: itself)."""
+    if resource_type == "Patient":
+        return resource_id
+    return _single_patient(
+        ref
+        for e in entries
+        if e.param == CONSENT_PATIENT
+        and e.ref_type
+        and e.ref_id
+        and (ref := normalise_reference(f"{e.ref_type}/{e.ref_id}"))
+    )
+
+
 def facts_from_index(
     resource_type: str,
     resource_id: str,
@@ -211,10 +231,10 @@ def facts_from_index(
     """The same facts as ``facts_from_resource``, from the index rows of the current version:
     ``_security`` plus the ``FACT_PARAMS`` rows (``_consent-patient``, ``-code``, ``-date``,
     ``-ref``, ``-author``), so that search can filter without decrypting."""
+    entries = list(entries)
     labels: set[str] = set()
     codes: set[tuple[str | None, str]] = set()
     spans: list[tuple[str, str]] = []
-    patients: set[str] = set()
     refs: set[str] = set()
     authors: set[str] = set()
     for e in entries:
@@ -225,20 +245,15 @@ def facts_from_index(
             codes.add((e.system, e.code))
         elif param == "_consent-date" and e.low and e.high:
             spans.append((e.low, e.high))
-        elif e.ref_type and e.ref_id:
+        elif e.ref_type and e.ref_id and param in ("_consent-ref", "_consent-author"):
             ref = normalise_reference(f"{e.ref_type}/{e.ref_id}")
             if ref is None:
                 continue
-            if param == "_consent-patient":
-                patients.add(ref)
-            elif param == "_consent-ref":
-                refs.add(ref)
-            elif param == "_consent-author":
-                authors.add(ref)
+            (refs if param == "_consent-ref" else authors).add(ref)
     return ResourceFacts(
         resource_type=resource_type,
         id=resource_id,
-        patient_id=resource_id if resource_type == "Patient" else _single_patient(patients),
+        patient_id=patient_from_index(resource_type, resource_id, entries),
         labels=frozenset(labels),
         contributor=contributor,
         contributor_kind=contributor_kind,
@@ -246,6 +261,56 @@ def facts_from_index(
         clinical_period=_hull(spans),
         references=frozenset(refs),
         authors=frozenset(authors),
+    )
+
+
+# Which index rows each optional fact comes from (see ``decision_key``).
+_FACET_PARAMS = {
+    "codes": frozenset({"_consent-code"}),
+    "dates": frozenset({"_consent-date"}),
+    "data": frozenset({"_consent-ref", "_consent-author"}),
+}
+_ALWAYS_EXAMINED = frozenset({"_security", CONSENT_PATIENT})
+
+
+def facets_examined(consents: Iterable[ParsedConsent]) -> frozenset[str]:
+    """The facts beyond type, patient, labels and contributor that some provision of these
+    Consents tests: ``codes`` (a ``code``), ``dates`` (a ``dataPeriod``), ``data`` (a
+    ``data``: references, authors and the resource's own id)."""
+    found: set[str] = set()
+    stack = [c.root for c in consents if c.root is not None]
+    while stack:
+        p = stack.pop()
+        if p.codes is not None:
+            found.add("codes")
+        if p.data_period is not None:
+            found.add("dates")
+        if p.data is not None:
+            found.add("data")
+        stack.extend(p.children)
+    return frozenset(found)
+
+
+def decision_key(
+    resource_type: str,
+    resource_id: str,
+    contributor: str | None,
+    entries: Iterable[IndexEntry],
+    facets: frozenset[str],
+) -> tuple[object, ...]:
+    """Two resources of one patient with equal keys get the same ``decide`` answer from the
+    same request, Consents (whose ``facets_examined`` are ``facets``), policy and time: the key
+    holds every fact ``decide`` and the obligations read (type, contributor, labels, patient;
+    policy and emergency rules read nothing else) plus the facts those Consents test. A search
+    then decides once per class, not once per resource (a survivor's plans and referrals from
+    one partner mostly share their labels)."""
+    params = _ALWAYS_EXAMINED.union(*(_FACET_PARAMS[f] for f in facets))
+    own_id = resource_id if resource_type == "Patient" or "data" in facets else None
+    return (
+        resource_type,
+        contributor,
+        own_id,
+        frozenset(e for e in entries if e.param in params),
     )
 
 

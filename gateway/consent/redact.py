@@ -17,6 +17,8 @@ honoured must stop the disclosure, never be skipped.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +55,30 @@ def redact(resource: dict[str, Any], obligations: Sequence[Obligation]) -> dict[
     if removed:
         _add_security(out, dict(REDACTED))
     return out
+
+
+def may_change(body: bytes, obligation: Obligation) -> bool:
+    """Whether ``redact`` could change the resource whose canonical JSON is ``body`` (compact,
+    as ``store.records.canonical`` writes it) under ``obligation``; False only when it
+    certainly could not, so a release without such obligations skips parsing and copying.
+    A ``remove`` needs the first step of a path as a key somewhere in the body (``"address":``
+    or ``"_address":``), a ``remove-labelled`` the inline label extension's URL; a ``notice``
+    always changes ``meta.security``."""
+    if obligation.action in ("remove", "remove-labelled"):
+        return _marker(obligation).search(body) is not None
+    return True  # notice, and any action redact would refuse: let redact decide
+
+
+@functools.lru_cache(maxsize=256)
+def _marker(obligation: Obligation) -> re.Pattern[bytes]:
+    """One pattern, one pass over the body: any of the keys (or the URL) it must contain."""
+    if obligation.action == "remove-labelled":
+        return re.compile(re.escape(INLINE_LABEL.encode()))
+    steps = sorted({path.split(".", 1)[0] for path in obligation.elements})
+    if not steps:
+        return re.compile(b"(?!)")  # removes nothing: matches nothing
+    keys = b"|".join(re.escape(step.encode()) for step in steps)
+    return re.compile(b'"_?(?:' + keys + b')":')
 
 
 def _copy(value: Any) -> Any:
@@ -107,7 +133,8 @@ def _empty(value: Any) -> bool:
 def _carries(value: Any, label: str) -> bool:
     if not isinstance(value, dict):
         return False
-    for ext in value.get("extension") or ():
+    extensions = value.get("extension")
+    for ext in extensions if isinstance(extensions, list) else ():
         if isinstance(ext, dict) and ext.get("url") == INLINE_LABEL:
             coding = ext.get("valueCoding")
             if isinstance(coding, dict) and coding.get("code") == label:

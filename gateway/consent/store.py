@@ -47,13 +47,16 @@ from gateway.consent.engine import (
     Decision,
     ResourceFacts,
     decide,
+    decision_key,
+    facets_examined,
     facts_from_index,
     facts_from_resource,
+    patient_from_index,
 )
 from gateway.consent.labels import LabelTables, labels_for
 from gateway.consent.model import ParsedConsent, parse_consent
 from gateway.consent.policy import Policy
-from gateway.consent.redact import redact
+from gateway.consent.redact import may_change, redact
 from gateway.disclose.scopes import ScopeGrant
 from gateway.errors import Forbidden, Gone, Issue, NotFound, Unprocessable, not_found
 from gateway.store.port import (
@@ -255,7 +258,9 @@ class ConsentedSession:
             chunk = missing[start : start + CONSENT_PATIENTS_PER_QUERY]
             found: dict[str, list[ParsedConsent] | None] = {p: [] for p in chunk}
             refs = ",".join(f"Patient/{p}" for p in chunk)
-            query = replace(parse_search("Consent", [("patient", refs)]), count=MAX_CONSENTS_READ)
+            # Only an active Consent counts (engine rule 3), and nobody reads the total.
+            criteria = [("patient", refs), ("status", "active"), ("_total", "none")]
+            query = replace(parse_search("Consent", criteria), count=MAX_CONSENTS_READ)
             while True:
                 page = session.search(query)
                 for stored in page.matches:
@@ -367,23 +372,32 @@ class ConsentedSession:
         now = rules.clock.now()
 
         def release(session: StoreSession, found: Sequence[Candidate]) -> set[tuple[str, str]]:
-            facts = [
-                facts_from_index(
-                    c.resource_type,
-                    c.id,
-                    c.entries,
-                    contributor=c.contributor,
-                    contributor_kind=rules.partner_kinds.get(c.contributor or ""),
-                )
-                for c in found
-            ]
-            consents = self._consents_of(session, {f.patient_id for f in facts if f.patient_id})
+            patients = [patient_from_index(c.resource_type, c.id, c.entries) for c in found]
+            consents = self._consents_of(session, {p for p in patients if p})
+            facets = {p: facets_examined(held or ()) for p, held in consents.items()}
+            decided: dict[tuple[object, ...], Decision] = {}
             released: set[tuple[str, str]] = set()
-            for candidate, fact in zip(found, facts, strict=True):
-                held = consents.get(fact.patient_id) if fact.patient_id else []
+            for candidate, patient_id in zip(found, patients, strict=True):
+                held = consents[patient_id] if patient_id else []
                 if held is None:
-                    continue
-                decision = decide(request, fact, held, rules.policy, now)
+                    continue  # too many Consents to read them all: nothing is released
+                key = decision_key(
+                    candidate.resource_type,
+                    candidate.id,
+                    candidate.contributor,
+                    candidate.entries,
+                    facets.get(patient_id or "", frozenset()),
+                )
+                decision = decided.get(key)
+                if decision is None:
+                    fact = facts_from_index(
+                        candidate.resource_type,
+                        candidate.id,
+                        candidate.entries,
+                        contributor=candidate.contributor,
+                        contributor_kind=rules.partner_kinds.get(candidate.contributor or ""),
+                    )
+                    decision = decided[key] = decide(request, fact, held, rules.policy, now)
                 if decision.permit:
                     released.add(candidate.key)
                     decisions[candidate.key] = decision
@@ -469,8 +483,9 @@ class ConsentedStore(ConsentedSession):
 def _redacted(
     stored: StoredResource, decision: Decision | None, doc: dict[str, Any] | None = None
 ) -> StoredResource:
-    """The version with the decision's obligations applied (unchanged without any)."""
-    if decision is None or not decision.obligations:
+    """The version with the decision's obligations applied (unchanged when none could change
+    it: most releases, so the body is not parsed and copied for nothing)."""
+    if decision is None or not any(may_change(stored.body, o) for o in decision.obligations):
         return stored
     body = doc if doc is not None else orjson.loads(stored.body)
     return replace(stored, body=canonical(redact(body, decision.obligations)))

@@ -301,7 +301,7 @@ class _MemorySession:
                 and all(self._matches(h, c) for c in query.clauses)
             ],
         )
-        total = len(hits)
+        total = len(hits) if query.with_total else None
         if query.summary_count or query.count == 0:
             return SearchPage([], total)
 

@@ -121,6 +121,7 @@ class SearchQuery:
     includes: tuple[Include, ...] = ()
     revincludes: tuple[Include, ...] = ()
     summary_count: bool = False
+    with_total: bool = True  # _total=none: the client does not need Bundle.total
     # What the next link must repeat (everything but the cursor), in request order.
     echo: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     # Set by the consent layer, never by a client: restrict matches *and* includes to what the
@@ -208,6 +209,7 @@ def parse_search(
     includes: list[Include] = []
     revincludes: list[Include] = []
     summary_count = False
+    with_total = True
     echo: list[tuple[str, str]] = []
     problems: list[Issue] = []
 
@@ -232,6 +234,10 @@ def parse_search(
                 revincludes.append(_parse_include(resource_type, value, modifier, reverse=True))
             elif name == "_cursor":
                 cursor = Cursor.decode(value)
+            elif name == "_total":
+                if value not in ("none", "estimate", "accurate"):
+                    raise BadRequest("_total must be none, estimate or accurate")
+                with_total = value != "none"
             continue
         try:
             clauses.append(_parse_clause(resource_type, name, modifier or None, value))
@@ -251,6 +257,7 @@ def parse_search(
         includes=tuple(includes),
         revincludes=tuple(revincludes),
         summary_count=summary_count,
+        with_total=with_total or summary_count,
         echo=tuple(echo),
     )
 

@@ -1232,3 +1232,115 @@ def test_decide_never_raises_and_always_names_a_rule(req, res, docs, now) -> Non
         assert d.consent
         assert d.provision_path
         assert d.rule.endswith(d.provision_path)
+
+
+_DATE_ELEMENT = {"CarePlan": "period", "ServiceRequest": "authoredOn", "Task": "authoredOn"}
+_CODE_ELEMENT = {"CarePlan": "category", "ServiceRequest": "code", "Task": "code"}
+
+
+def _with_fact(doc: dict[str, Any], fact: str, value: Any) -> dict[str, Any]:
+    """``doc`` with one fact set: its id, clinical date, main code, labels or a reference."""
+    doc = copy.deepcopy(doc)
+    rtype = doc["resourceType"]
+    if fact == "id":
+        doc["id"] = value
+    elif fact == "date":
+        doc[_DATE_ELEMENT[rtype]] = {"start": value, "end": value} if rtype == "CarePlan" else value
+    elif fact == "code":
+        concept = {"coding": [{"system": value[0], "code": value[1]}]}
+        doc[_CODE_ELEMENT[rtype]] = [concept] if rtype == "CarePlan" else concept
+    elif fact == "labels":
+        doc["meta"] = {"security": [{"system": ACTCODE, "code": c} for c in value]}
+    else:
+        element = {"CarePlan": "basedOn", "ServiceRequest": "supportingInfo", "Task": "basedOn"}
+        doc[element[rtype]] = [{"reference": value}]
+    return doc
+
+
+FACT_VALUES = {
+    "id": st.sampled_from(["r1", "sr1", "cp1"]),
+    "date": st.sampled_from(DATES),
+    "code": st.sampled_from(CODES),
+    "labels": _rarely(st.lists(st.sampled_from(LABELS), max_size=2, unique=True)),
+    "reference": st.sampled_from(REFS),
+}
+
+
+@st.composite
+def record_docs(draw: st.DrawFn) -> dict[str, Any]:
+    rtype = draw(st.sampled_from(["CarePlan", "ServiceRequest", "Task"]))
+    doc = {"CarePlan": careplan, "ServiceRequest": referral, "Task": task}[rtype]()
+    for fact, values in FACT_VALUES.items():
+        doc = _with_fact(doc, fact, draw(values))
+    return doc
+
+
+# The provision element that tests each fact ``_with_fact`` changes.
+TESTED_BY = {
+    "code": "codes",
+    "date": "data_period",
+    "id": "data",
+    "reference": "data",
+    "labels": "labels",
+}
+
+
+@st.composite
+def exceptions(draw: st.DrawFn, kind: str | None = None) -> dict[str, Any]:
+    """A nested permit or deny that tests one fact, with a value from the records' own pools."""
+    kind = kind or draw(st.sampled_from(sorted(set(TESTED_BY.values()))))
+    value: dict[str, Any] = {
+        "codes": lambda: {"codes": [draw(st.sampled_from(CODES))]},
+        "data_period": lambda: {"data_period": draw(periods)},
+        "labels": lambda: {
+            "labels": draw(st.lists(st.sampled_from(LABELS), min_size=1, max_size=1))
+        },
+        "data": lambda: {
+            "data": [
+                (
+                    draw(st.sampled_from(["instance", "related", "authoredby"])),
+                    draw(st.sampled_from([*REFS, "CarePlan/r1", "Task/sr1", "ServiceRequest/cp1"])),
+                )
+            ]
+        },
+    }[kind]()
+    return prov(draw(st.sampled_from(["deny", "permit"])), actions=None, **value)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.data(), record_docs(), st.sampled_from(["shelter", "clinic"]), nows)
+def test_resources_with_equal_decision_keys_get_the_same_decision(  # type: ignore[no-untyped-def]
+    req, data, first, kind, now
+) -> None:
+    """Search decides once per ``decision_key``: the key must hold every fact that can change
+    the answer for these Consents."""
+    from gateway.consent.engine import decision_key, facets_examined, facts_from_index
+    from gateway.store.searchparams import FACT_PARAM_NAMES, extract
+
+    # A release to the requester (random trees alone rarely name it) with an exception that
+    # tests the fact the second resource changes, and random others.
+    changed = data.draw(st.sampled_from(sorted(FACT_VALUES)))
+    release = prov(
+        actors=[req.organization],
+        purposes=req.purposes,
+        children=[
+            data.draw(exceptions(TESTED_BY[changed])),
+            *data.draw(st.lists(exceptions(), max_size=2)),
+        ],
+    )
+    docs = [consent_doc(release, cid="release"), *data.draw(st.lists(consent_docs(), max_size=1))]
+    parsed = [parse_consent(d) for d in docs]
+    facets = facets_examined(parsed)
+    second = _with_fact(first, changed, data.draw(FACT_VALUES[changed]))
+    contributor = f"another-{kind}"  # never the requester: its own records need no Consent
+    answers = []
+    for doc in (first, second):
+        entries = [e for e in extract(doc) if e.param in FACT_PARAM_NAMES]
+        key = decision_key(doc["resourceType"], doc["id"], contributor, entries, facets)
+        facts = facts_from_index(
+            doc["resourceType"], doc["id"], entries, contributor=contributor, contributor_kind=kind
+        )
+        answers.append((key, decide(req, facts, parsed, POLICY, now)))
+    (key_a, decision_a), (key_b, decision_b) = answers
+    if key_a == key_b:
+        assert decision_a == decision_b

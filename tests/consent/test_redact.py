@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.consent.policy import Obligation, load_policy
-from gateway.consent.redact import INLINE_LABEL, redact
+from gateway.consent.redact import INLINE_LABEL, may_change, redact
+from gateway.store.records import canonical
 
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "consent_policies")
 RULES = {r.id: r.obligation for r in POLICY.redactions}
@@ -110,3 +113,33 @@ def test_notice_adds_nordsclcd_once() -> None:
 def test_unknown_obligation_stops_the_disclosure() -> None:
     with pytest.raises(ValueError, match="unknown action"):
         redact({"resourceType": "CarePlan"}, [Obligation("x", "encrypt")])
+
+
+# An element name the policy's obligations touch, or an ordinary one, at any depth.
+KEYS = st.sampled_from(
+    ["address", "_address", "telecom", "contact", "locationCode", "location", "note", "text",
+     "activity", "detail", "line", "extension", "given", "_given"]
+)  # fmt: skip
+LEAVES = st.one_of(
+    st.text(max_size=8), st.booleans(), st.none(), st.just(LOCIS), st.just("address")
+)
+JSON = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.dictionaries(KEYS, JSON, max_size=4),
+    rule=st.sampled_from(sorted(RULES)),
+)
+def test_an_obligation_that_may_not_change_a_body_leaves_it_exactly_as_it_was(
+    body: dict[str, Any], rule: str
+) -> None:
+    """Releases skip parsing when ``may_change`` says no: it must never say no wrongly."""
+    doc = {"resourceType": "Patient", "id": "p1", **body}
+    obligation = RULES[rule]
+    if not may_change(canonical(doc), obligation):
+        assert redact(doc, [obligation]) == doc
