@@ -15,6 +15,8 @@ What the policy says (see the comments in network.yaml):
 - ``shelter``: the kinds whose data needs a written, time-limited Consent (VAWA) and the
   maximum length of that Consent in days;
 - ``redactions``: obligations attached to a release;
+- ``person_identifiers``: the identifier systems that name a person network-wide (Patients
+  sharing one are the same person; only these identifiers travel to other partners);
 - ``emergency``: break-glass rules.
 """
 
@@ -52,7 +54,10 @@ class Obligation:
     - ``remove-labelled``: drop every element carrying an inline security label ``label``
       (DS4P inline-sec-label extension);
     - ``notice``: add ``security`` (e.g. v3-ActCode NORDSCLCD) to ``meta.security`` and send
-      ``text`` with the disclosure (the 42 CFR Part 2 re-disclosure notice).
+      ``text`` with the disclosure (the 42 CFR Part 2 re-disclosure notice);
+    - ``keep-identifiers``: keep only the ``identifier`` entries whose system is in
+      ``systems`` (the network's person identifiers): a partner's own record numbers name the
+      partner (a shelter's MRN system says she is a client of that shelter).
     ``rule`` is the policy rule id, for the audit event.
     """
 
@@ -62,6 +67,7 @@ class Obligation:
     label: str | None = None
     security: tuple[str, str, str | None] | None = None  # (system, code, display)
     text: str | None = None
+    systems: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,8 @@ class Policy:
     # Who may record a Consent; absent from the file means nobody (deny by default).
     consent_writers: frozenset[str] = frozenset()
     consent_needs_written_source: bool = True
+    # Identifier systems that name a person network-wide: Patients sharing one are linked.
+    person_identifier_systems: frozenset[str] = frozenset()
 
 
 def load_policy(policies_dir: Path) -> Policy:
@@ -122,6 +130,7 @@ def load_policy(policies_dir: Path) -> Policy:
 def policy_from_dict(doc: Mapping[str, Any], *, source: str = "<memory>") -> Policy:
     """Build a ``Policy`` from an already validated document (tests build variants this way)."""
     explicit = frozenset(doc["explicit_consent_labels"])
+    person_systems = frozenset(doc.get("person_identifiers", {}).get("systems", ()))
     kinds: dict[str, KindRule] = {}
     for kind, rule in doc["kinds"].items():
         needing = frozenset(rule.get("labels_needing_provision", ()))
@@ -145,6 +154,7 @@ def policy_from_dict(doc: Mapping[str, Any], *, source: str = "<memory>") -> Pol
                     else None
                 ),
                 text=r.get("text"),
+                systems=person_systems if r["action"] == "keep-identifiers" else frozenset(),
             ),
             resource_types=_opt(r.get("resource_types")),
             partner_kinds=_opt(r.get("partner_kinds")),
@@ -179,6 +189,7 @@ def policy_from_dict(doc: Mapping[str, Any], *, source: str = "<memory>") -> Pol
         consent_needs_written_source=bool(
             doc.get("consent_writing", {}).get("written_source_required", True)
         ),
+        person_identifier_systems=person_systems,
     )
 
 

@@ -6,6 +6,8 @@
   too, so the result stays valid JSON for FHIR (no ``{}`` or ``[]``);
 - ``remove-labelled``: drop every element that carries the DS4P inline security label
   extension with the obligation's label (e.g. LOCIS), wherever it is;
+- ``keep-identifiers``: keep only the top-level ``identifier`` entries in the obligation's
+  ``systems`` (the network's person identifiers);
 - ``notice``: add the obligation's security Coding (NORDSCLCD for 42 CFR Part 2) to
   ``meta.security``; the notice text itself goes with the disclosure (the caller's part);
 - when something was removed, ``meta.security`` also gets v3-ObservationValue REDACTED, so the
@@ -43,6 +45,8 @@ def redact(resource: dict[str, Any], obligations: Sequence[Obligation]) -> dict[
             if ob.label is None:
                 raise ValueError(f"obligation {ob.rule}: remove-labelled without a label")
             removed |= _remove_labelled(out, ob.label)
+        elif ob.action == "keep-identifiers":
+            removed |= _keep_identifiers(out, ob.systems)
         elif ob.action == "notice":
             if ob.security is not None:
                 system, code, display = ob.security
@@ -62,9 +66,9 @@ def may_change(body: bytes, obligation: Obligation) -> bool:
     as ``store.records.canonical`` writes it) under ``obligation``; False only when it
     certainly could not, so a release without such obligations skips parsing and copying.
     A ``remove`` needs the first step of a path as a key somewhere in the body (``"address":``
-    or ``"_address":``), a ``remove-labelled`` the inline label extension's URL; a ``notice``
-    always changes ``meta.security``."""
-    if obligation.action in ("remove", "remove-labelled"):
+    or ``"_address":``), a ``remove-labelled`` the inline label extension's URL, a
+    ``keep-identifiers`` an ``identifier``; a ``notice`` always changes ``meta.security``."""
+    if obligation.action in ("remove", "remove-labelled", "keep-identifiers"):
         return _marker(obligation).search(body) is not None
     return True  # notice, and any action redact would refuse: let redact decide
 
@@ -74,11 +78,27 @@ def _marker(obligation: Obligation) -> re.Pattern[bytes]:
     """One pattern, one pass over the body: any of the keys (or the URL) it must contain."""
     if obligation.action == "remove-labelled":
         return re.compile(re.escape(INLINE_LABEL.encode()))
+    if obligation.action == "keep-identifiers":
+        return re.compile(b'"identifier":')
     steps = sorted({path.split(".", 1)[0] for path in obligation.elements})
     if not steps:
         return re.compile(b"(?!)")  # removes nothing: matches nothing
     keys = b"|".join(re.escape(step.encode()) for step in steps)
     return re.compile(b'"_?(?:' + keys + b')":')
+
+
+def _keep_identifiers(resource: dict[str, Any], systems: frozenset[str]) -> bool:
+    identifiers = resource.get("identifier")
+    if not isinstance(identifiers, list):
+        return resource.pop("identifier", None) is not None
+    kept = [i for i in identifiers if isinstance(i, dict) and i.get("system") in systems]
+    if len(kept) == len(identifiers):
+        return False
+    if kept:
+        resource["identifier"] = kept
+    else:
+        del resource["identifier"]
+    return True
 
 
 def _copy(value: Any) -> Any:

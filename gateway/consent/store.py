@@ -68,6 +68,7 @@ from gateway.store.port import (
 )
 from gateway.store.query import (
     Candidate,
+    Clause,
     ConsentReach,
     Cursor,
     ReferenceCriterion,
@@ -77,6 +78,7 @@ from gateway.store.query import (
     parse_search,
 )
 from gateway.store.records import canonical
+from gateway.store.searchparams import Kind
 
 # More Consents than this on one survivor is not a realistic case; should it happen, nothing of
 # theirs is released (a Consent left unread could be the deny that matters).
@@ -288,9 +290,10 @@ class ConsentedSession:
 
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
         self._allow(resource_type, "read")
-        return self._released(
+        released = self._released(
             resource_type, resource_id, lambda: self._raw.read(resource_type, resource_id)
         )
+        return self._linked([released])[0] if resource_type == "Patient" else released
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         self._allow(resource_type, "read")
@@ -350,13 +353,47 @@ class ConsentedSession:
         page = self._raw.search(replace(query, visible_to=visibility))
         # An _include without a target type may reach any type: keep only what scopes allow.
         included = [r for r in page.included if self._grant.allows(r.resource_type, "read")]
-        if not decisions:
-            return replace(page, included=included)
-        return replace(
-            page,
-            matches=[_redacted(r, decisions.get(r.key)) for r in page.matches],
-            included=[_redacted(r, decisions.get(r.key)) for r in included],
+        matches = [_redacted(r, decisions.get(r.key)) for r in page.matches]
+        included = [_redacted(r, decisions.get(r.key)) for r in included]
+        if any(r.resource_type == "Patient" for r in (*matches, *included)):
+            linked = iter(self._linked([*matches, *included]))
+            matches = [next(linked) for _ in matches]
+            included = list(linked)
+        return replace(page, matches=matches, included=included)
+
+    def _linked(self, shown: list[StoredResource]) -> list[StoredResource]:
+        """Patients as shown, each linked (``link``, type ``seealso``) to the other Patients of
+        the same person that the requester may see: those sharing a value of one of the
+        network's person identifier systems. A Patient it may not see is not linked (it does
+        not exist for the requester). One lookup for the whole page."""
+        systems = self._rules.policy.person_identifier_systems if self._rules else frozenset()
+        pairs: dict[int, set[tuple[str, str]]] = {}
+        for n, r in enumerate(shown):
+            if r.resource_type == "Patient" and any(s.encode() in r.body for s in systems):
+                pairs[n] = _person_identifiers(r, systems)
+        wanted = sorted(set().union(*pairs.values())) if pairs else []
+        if not wanted:
+            return shown
+        same_person = Clause(
+            "identifier", Kind.TOKEN, None, criteria=tuple(TokenCriterion(s, v) for s, v in wanted)
         )
+        found = self._raw.search(
+            SearchQuery("Patient", (same_person,), count=MAX_LINKED, with_total=False)
+        )
+        seen: dict[str, bool] = {}
+        out = list(shown)
+        for n, mine in pairs.items():
+            links = []
+            for other in found.matches:
+                if other.id == shown[n].id or other.id in links:
+                    continue
+                if other.id not in seen:
+                    seen[other.id] = self._release(other, "read") is not None
+                if seen[other.id] and mine & _person_identifiers(other, systems):
+                    links.append(other.id)
+            if links:
+                out[n] = _with_links(shown[n], links)
+        return out
 
     def _reach(
         self, query: SearchQuery, decisions: dict[tuple[str, str], Decision]
@@ -367,6 +404,9 @@ class ConsentedSession:
         rules = self._rules
         actor = _reference_parts(self._requester.organization)
         if rules is None or query.held_only or actor is None:
+            return None
+        clauses = _through_person_identifiers(query, rules.policy.person_identifier_systems)
+        if clauses is None:
             return None
         request = self._access("search")
         now = rules.clock.now()
@@ -411,7 +451,7 @@ class ConsentedSession:
                     self._requester.purpose_of_use
                 ):
                     open_types |= rule.resource_types
-        return ConsentReach(actor, frozenset(open_types), release)
+        return ConsentReach(actor, frozenset(open_types), release, clauses)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -515,3 +555,55 @@ def _pins_one_patient(query: SearchQuery) -> bool:
             if isinstance(ref, ReferenceCriterion) and ref.ref_type in (None, "Patient"):
                 return True
     return False
+
+
+MAX_LINKED = 50  # Patients sharing one person identifier; more is a data error, not a person
+
+
+def _person_identifiers(stored: StoredResource, systems: frozenset[str]) -> set[tuple[str, str]]:
+    identifiers = orjson.loads(stored.body).get("identifier")
+    return {
+        (i["system"], i["value"])
+        for i in (identifiers if isinstance(identifiers, list) else ())
+        if isinstance(i, dict)
+        and i.get("system") in systems
+        and isinstance(i.get("value"), str)
+        and i["value"]
+    }
+
+
+def _with_links(stored: StoredResource, patient_ids: list[str]) -> StoredResource:
+    doc = orjson.loads(stored.body)
+    links = [link for link in doc.get("link") or () if isinstance(link, dict)]
+    present = {(link.get("other") or {}).get("reference") for link in links}
+    for patient_id in patient_ids:
+        if f"Patient/{patient_id}" not in present:
+            links.append({"other": {"reference": f"Patient/{patient_id}"}, "type": "seealso"})
+    doc["link"] = links
+    return replace(stored, body=canonical(doc))
+
+
+def _through_person_identifiers(
+    query: SearchQuery, systems: frozenset[str]
+) -> tuple[Clause, ...] | None:
+    """What an ``identifier`` search must also meet to match another partner's record: a person
+    identifier (the only identifiers it is shown; matching on a withheld one would confirm
+    it). None when no record of another partner can match."""
+    extra: list[Clause] = []
+    for clause in query.clauses:
+        if clause.name != "identifier":
+            continue
+        if clause.missing is not None:
+            return None  # whether a withheld identifier is there is itself withheld
+        kept: list[TokenCriterion] = []
+        for c in clause.criteria:
+            if not isinstance(c, TokenCriterion):
+                continue
+            if c.system is None:
+                kept.extend(TokenCriterion(s, c.code) for s in sorted(systems))
+            elif c.system in systems:
+                kept.append(c)
+        if not kept:
+            return None
+        extra.append(replace(clause, criteria=tuple(kept)))
+    return tuple(extra)

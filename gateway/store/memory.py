@@ -300,6 +300,7 @@ class _MemorySession:
                 and not h.current.deleted
                 and all(self._matches(h, c) for c in query.clauses)
             ],
+            matches=True,
         )
         total = len(hits) if query.with_total else None
         if query.summary_count or query.count == 0:
@@ -337,14 +338,21 @@ class _MemorySession:
         included = self._included(query, page)
         return SearchPage([h.current for h in page], total, next_cursor, prev_cursor, included)
 
-    def _visible_among(self, visibility: Visibility | None, heads: list[_Head]) -> list[_Head]:
+    def _visible_among(
+        self, visibility: Visibility | None, heads: list[_Head], *, matches: bool = False
+    ) -> list[_Head]:
         """The heads the requester may see, in their order: its own and the directory, and
         whatever ``visibility.reach`` releases of the rest (all of the rest is asked: no
         narrowing here, so the contract tests hold the SQL store's narrowing to this)."""
         if visibility is None:
             return heads
         others = [h for h in heads if not visibility.admits(h.resource_type, h.contributor)]
-        if visibility.reach is None or not others:
+        asked = others
+        if matches and visibility.reach is not None:
+            # The reach's own criteria apply to search matches (not to includes), as in SQL.
+            clauses = visibility.reach.clauses
+            asked = [h for h in others if all(self._matches(h, c) for c in clauses)]
+        if visibility.reach is None or not asked:
             released: AbstractSet[tuple[str, str]] = frozenset()
         else:
             released = visibility.reach.release(
@@ -356,7 +364,7 @@ class _MemorySession:
                         h.contributor,
                         tuple(e for e in h.index if e.param in FACT_PARAM_NAMES),
                     )
-                    for h in others
+                    for h in asked
                 ],
             )
         hidden = {id(h) for h in others if (h.resource_type, h.id) not in released}

@@ -170,6 +170,9 @@ class ConsentReach:
     actor: tuple[str, str]  # the requester's Organization: ("Organization", "harbor-clinic")
     open_types: frozenset[str]
     release: Release
+    # Further criteria a record of another partner must meet (e.g. an identifier search
+    # matches it only through a person identifier, the only kind it is shown).
+    clauses: tuple[Clause, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

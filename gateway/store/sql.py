@@ -691,6 +691,8 @@ class _SqlSession:
         if reach is None:
             return own
         candidates = [*where, _not_visible_sql(visibility)]
+        if narrow_to is not None:
+            candidates.extend(_clause_sql(narrow_to, c) for c in reach.clauses)
         if narrow_to is not None and narrow_to not in reach.open_types:
             patients = self._consenting_patients(reach)
             if not patients:

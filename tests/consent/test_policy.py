@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -98,9 +99,16 @@ def test_redaction_without_elements_names_the_rule(policies: Path) -> None:
 
 
 def test_duplicate_rule_id_names_the_field(policies: Path) -> None:
-    edit(policies, "network.yaml", lambda d: d["redactions"].append(dict(d["redactions"][0])))
-    with pytest.raises(PolicyError, match=r"network.yaml: redactions\[4\].id: duplicate rule id"):
+    appended: list[int] = []
+
+    def duplicate_first(doc: dict[str, Any]) -> None:
+        doc["redactions"].append(dict(doc["redactions"][0]))
+        appended.append(len(doc["redactions"]) - 1)
+
+    edit(policies, "network.yaml", duplicate_first)
+    with pytest.raises(PolicyError, match=r"network.yaml: redactions\[(\d+)\].id: duplicate") as e:
         load_policy(policies)
+    assert f"redactions[{appended[0]}].id" in str(e.value)
 
 
 def test_yaml_syntax_error_names_file_and_line(policies: Path) -> None:

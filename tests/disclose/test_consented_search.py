@@ -16,7 +16,7 @@ from gateway.clock import FrozenClock
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
 from tests.support.network import FHIR, partner_client, post, release_consent
-from tests.support.records import MRN, care_plan, patient, referral
+from tests.support.records import HMIS, MRN, care_plan, patient, referral
 
 ACTCODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 RTYPES = "http://hl7.org/fhir/resource-types"
@@ -154,21 +154,46 @@ def test_deleting_the_consent_stops_search_release_at_once(
     assert clinic.get("/fhir/CarePlan").json()["total"] == 0
 
 
-def test_searching_another_partners_patient_by_identifier_finds_her_only_with_consent_and_without_her_phone(  # noqa: E501
+def test_searching_by_her_person_identifier_finds_her_only_with_consent_and_without_her_phone(
     shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
 ) -> None:
     url = f"/fhir/Patient/{shelter_record['patient']}"
     doc = shelter.get(url).json()
+    doc["identifier"].append({"system": HMIS, "value": "CoC-88412"})
     put(shelter, url, {**doc, "telecom": [{"system": "phone", "value": "555-0100"}]})
-    by_identifier = f"/fhir/Patient?identifier={MRN}|RSH-000412"
-    assert clinic.get(by_identifier).json()["total"] == 0
+    by_person = f"/fhir/Patient?identifier={HMIS}|CoC-88412"
+    assert clinic.get(by_person).json()["total"] == 0
     assert clinic.get("/fhir/Patient?name=alvarez").json()["total"] == 0
     post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"]))
-    found = clinic.get(by_identifier)
+    for url in (by_person, "/fhir/Patient?identifier=CoC-88412"):
+        found = clinic.get(url)
+        assert found.json()["total"] == 1, url
+        assert ids(found.json()) == [shelter_record["patient"]]
+        assert "555-0100" not in found.text
+        assert "telecom" not in found.json()["entry"][0]["resource"]
+
+
+def test_the_shelters_own_record_number_neither_matches_nor_travels_even_under_consent(
+    shelter: TestClient,
+    clinic: TestClient,
+    shelter_record: dict[str, str],
+    release: dict[str, Any],
+) -> None:
+    """A shelter's MRN system names the shelter: it would tell the clinic where she stays."""
+    for url in (
+        f"/fhir/Patient?identifier={MRN}|RSH-000412",
+        "/fhir/Patient?identifier=RSH-000412",
+    ):
+        assert clinic.get(url).json()["total"] == 0, url
+    assert clinic.get("/fhir/Patient?identifier:missing=false").json()["total"] == 0
+    released = clinic.get(f"/fhir/Patient/{shelter_record['patient']}")
+    assert released.status_code == 200
+    assert "RSH-000412" not in released.text
+    assert MRN not in released.text
+    found = clinic.get("/fhir/Patient?name=alvarez")
     assert found.json()["total"] == 1
-    assert ids(found.json()) == [shelter_record["patient"]]
-    assert "555-0100" not in found.text
-    assert "telecom" not in found.json()["entry"][0]["resource"]
+    assert "RSH-000412" not in found.text
+    assert "RSH-000412" in shelter.get(f"/fhir/Patient/{shelter_record['patient']}").text
 
 
 @pytest.mark.parametrize(
@@ -308,7 +333,7 @@ def test_break_glass_search_reaches_one_named_survivor_never_a_population(
     settings: Settings, sql_store: SqlStore, clock: FrozenClock
 ) -> None:
     with partner_client(settings, sql_store, clock, "harbor-clinic", "clinic") as clinic:
-        survivor = post(clinic, "/fhir/Patient", patient(mrn="HCC-20")).json()["id"]
+        survivor = post(clinic, "/fhir/Patient", patient(mrn="HCC-20", hmis="CoC-20")).json()["id"]
         plan = post(clinic, "/fhir/CarePlan", care_plan(survivor)).json()["id"]
         other = post(clinic, "/fhir/Patient", patient("Okafor", "Amina", mrn="HCC-21")).json()
         post(clinic, "/fhir/CarePlan", care_plan(other["id"]))
@@ -318,7 +343,8 @@ def test_break_glass_search_reaches_one_named_survivor_never_a_population(
         named = emergency.get(f"/fhir/CarePlan?patient=Patient/{survivor}").json()
         assert ids(named) == [plan]
         assert named["total"] == 1
-        assert ids(emergency.get(f"/fhir/Patient?identifier={MRN}|HCC-20").json()) == [survivor]
+        found = emergency.get(f"/fhir/Patient?identifier={HMIS}|CoC-20").json()
+        assert ids(found) == [survivor]
         assert emergency.get("/fhir/CarePlan").json()["total"] == 0
         assert emergency.get("/fhir/Patient?name=alvarez").json()["total"] == 0
     with partner_client(settings, sql_store, clock, "st-marys-hospital", "hospital") as routine:
@@ -408,3 +434,64 @@ def test_the_shelters_own_searches_are_unchanged_by_what_it_released(
     plans = shelter.get("/fhir/CarePlan").json()
     assert ids(plans) == [shelter_record["plan"]]
     assert "Safety plan" in orjson.dumps(plans).decode()
+
+
+# -- one survivor, several partners' records ------------------------------------------------------
+
+
+def links(resource: dict[str, Any]) -> list[str]:
+    return [link["other"]["reference"] for link in resource.get("link", [])]
+
+
+@pytest.fixture
+def both_records(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> dict[str, str]:
+    """The shelter's survivor and the clinic's own record of her, both with her HMIS id."""
+    url = f"/fhir/Patient/{shelter_record['patient']}"
+    doc = shelter.get(url).json()
+    doc["identifier"].append({"system": HMIS, "value": "CoC-88412"})
+    put(shelter, url, doc)
+    own = post(clinic, "/fhir/Patient", patient(mrn="HCC-77", hmis="CoC-88412")).json()
+    return {**shelter_record, "clinic_patient": own["id"]}
+
+
+def test_the_clinics_record_of_her_is_linked_to_the_shelters_only_while_she_consents(
+    shelter: TestClient, clinic: TestClient, both_records: dict[str, str]
+) -> None:
+    mine = f"/fhir/Patient/{both_records['clinic_patient']}"
+    assert links(clinic.get(mine).json()) == []
+    release = post(shelter, "/fhir/Consent", release_consent(both_records["patient"])).json()
+    linked = clinic.get(mine).json()
+    assert links(linked) == [f"Patient/{both_records['patient']}"]
+    assert linked["link"][0]["type"] == "seealso"
+    assert "HCC-77" in orjson.dumps(linked).decode()  # its own identifiers, untouched
+    revoke(shelter, release)
+    assert links(clinic.get(mine).json()) == []
+
+
+def test_a_partner_is_never_linked_to_a_record_it_may_not_see(
+    shelter: TestClient,
+    clinic: TestClient,
+    legal_aid: TestClient,
+    both_records: dict[str, str],
+) -> None:
+    post(shelter, "/fhir/Consent", release_consent(both_records["patient"]))
+    # The clinic's record is not released to the shelter: the shelter's view links nothing.
+    assert links(shelter.get(f"/fhir/Patient/{both_records['patient']}").json()) == []
+    own = post(legal_aid, "/fhir/Patient", patient(mrn="NLA-3", hmis="CoC-88412")).json()
+    assert links(legal_aid.get(f"/fhir/Patient/{own['id']}").json()) == []
+    assert legal_aid.get(f"/fhir/Patient?identifier={HMIS}|CoC-88412").json()["total"] == 1
+
+
+def test_searching_her_person_identifier_finds_each_visible_record_linked_to_the_others(
+    shelter: TestClient, clinic: TestClient, both_records: dict[str, str]
+) -> None:
+    post(shelter, "/fhir/Consent", release_consent(both_records["patient"]))
+    found = clinic.get(f"/fhir/Patient?identifier={HMIS}|CoC-88412").json()
+    assert found["total"] == 2
+    by_id = {e["resource"]["id"]: e["resource"] for e in found["entry"]}
+    shelters, clinics = both_records["patient"], both_records["clinic_patient"]
+    assert links(by_id[clinics]) == [f"Patient/{shelters}"]
+    assert links(by_id[shelters]) == [f"Patient/{clinics}"]
+    assert "RSH-000412" not in orjson.dumps(found).decode()

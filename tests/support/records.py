@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-MRN = "urn:oid:2.16.840.1.113883.3.9999.1"
+MRN = "urn:oid:2.16.840.1.113883.3.9999.1"  # the shelter's own record numbers
+# The Continuum of Care's HMIS PersonalID: the network's person identifier (network.yaml).
+HMIS = "urn:oid:2.16.840.1.113883.3.9999.100"
 SNOMED = "http://snomed.info/sct"
 
 
@@ -15,10 +17,14 @@ def patient(
     mrn: str = "RSH-000412",
     birth_date: str = "1994-03-17",
     gender: str = "female",
+    hmis: str | None = None,
 ) -> dict[str, Any]:
+    identifiers = [{"system": MRN, "value": mrn}]
+    if hmis:
+        identifiers.append({"system": HMIS, "value": hmis})
     return {
         "resourceType": "Patient",
-        "identifier": [{"system": MRN, "value": mrn}],
+        "identifier": identifiers,
         "name": [{"use": "official", "family": family, "given": [given]}],
         "gender": gender,
         "birthDate": birth_date,
