@@ -8,9 +8,12 @@ SMART Backend Services token: it signs a client assertion with its own key and t
 1. the shelter records a survivor, her care plan and a referral to the clinic (one transaction);
 2. the clinic asks for the referral and is refused: without a Consent it does not exist for it;
 3. the survivor's written, time-limited release to the clinic (for treatment) is recorded;
-4. the clinic now reads the referral, and the survivor's record without her phone number;
-5. legal aid, which the release does not name, still sees nothing;
-6. the release is revoked, and the clinic's very next request is refused again.
+4. the clinic now reads the referral, finds it by searching, and reads the survivor's record
+   without her phone number or the shelter's record number (it names the shelter);
+5. the clinic registers her under its own record number and her HMIS PersonalID: its record is
+   linked to the shelter's, which it may now see;
+6. legal aid, which the release does not name, still sees nothing;
+7. the release is revoked: the clinic's very next read is refused, and its search is empty.
 
 It exits 0 only if every step answered as the consent rules say it must.
 """
@@ -44,6 +47,7 @@ from gateway.store.database import make_engine, upgrade
 EXAMPLES = Path("examples/fhir")
 FHIR = "application/fhir+json"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CLINIC_MRN = "urn:oid:2.16.840.1.113883.3.9999.3"  # Harbor Community Clinic's record numbers
 
 
 class DemoFailure(Exception):
@@ -96,13 +100,13 @@ async def _walkthrough(settings: Settings, directory: PartnerDirectory, console:
             return granted
 
         async def call(
-            who: str, bearer: str, step: str, method: str, url: str, expect: int,
-            summary: Any = None, body: Any = None,
+            who: str, bearer: str, step: str, method: str, url: str, expect: int | set[int],
+            summary: Any = None, body: Any = None, extra: dict[str, str] | None = None,
         ) -> httpx.Response:  # fmt: skip
-            headers = {"Authorization": f"Bearer {bearer}", "Content-Type": FHIR}
+            headers = {"Authorization": f"Bearer {bearer}", "Content-Type": FHIR, **(extra or {})}
             content = orjson.dumps(body) if body is not None else None
             response = await client.request(method, url, headers=headers, content=content)
-            if response.status_code != expect:
+            if response.status_code not in (expect if isinstance(expect, set) else {expect}):
                 raise DemoFailure(f"{who}: {step}: expected {expect}, got {response.status_code}")
             shown = summary(response) if summary else ""
             steps.add_row(who, step, f"{method} {url[:38]}", str(response.status_code), shown)
@@ -139,13 +143,31 @@ async def _walkthrough(settings: Settings, directory: PartnerDirectory, console:
             f"/fhir/ServiceRequest/{referral}", 200,
             lambda r: r.json()["code"]["coding"][0].get("display", "referral"),
         )  # fmt: skip
+        await call(
+            "clinic", clinic, "searches its referrals", "GET",
+            "/fhir/ServiceRequest?performer=Organization/harbor-clinic", 200,
+            lambda r: f"total {r.json()['total']} (released)",
+        )  # fmt: skip
         seen = await call(
             "clinic", clinic, "reads the survivor", "GET", f"/fhir/Patient/{patient}", 200,
-            lambda r: "her phone number withheld" if not {"telecom", "address"} & set(r.json())
-            else "CONTACT DETAILS LEAKED",
+            lambda r: "phone and shelter MRN withheld" if not _leaks(r) else "LEAKED",
         )  # fmt: skip
-        if {"telecom", "address"} & set(seen.json()):
-            raise DemoFailure("the clinic saw contact details it must not see")
+        if _leaks(seen):
+            raise DemoFailure("the clinic saw contact details or the shelter's record number")
+        own = await call(
+            "clinic", clinic, "registers her under its own number", "POST", "/fhir/Patient",
+            {200, 201}, lambda r: "HMIS PersonalID CoC-88412", body=_clinic_record(record),
+            extra={"If-None-Exist": f"identifier={CLINIC_MRN}|HCC-20931"},
+        )  # fmt: skip
+        linked = await call(
+            "clinic", clinic, "reads its own record of her", "GET",
+            f"/fhir/Patient/{own.json()['id']}", 200,
+            lambda r: f"linked to {len(r.json().get('link', []))} shelter record",
+        )  # fmt: skip
+        if [x["other"]["reference"] for x in linked.json().get("link", [])] != [
+            f"Patient/{patient}"
+        ]:
+            raise DemoFailure("the clinic's record of her is not linked to the shelter's")
         await call(
             "legal aid", legal_aid, "asks for the referral (not named)", "GET",
             f"/fhir/ServiceRequest/{referral}", 404, lambda r: "absent",
@@ -160,12 +182,39 @@ async def _walkthrough(settings: Settings, directory: PartnerDirectory, console:
             "clinic", clinic, "asks right after the revocation", "GET",
             f"/fhir/ServiceRequest/{referral}", 404, lambda r: "absent again",
         )  # fmt: skip
+        searched = await call(
+            "clinic", clinic, "searches its referrals again", "GET",
+            "/fhir/ServiceRequest?performer=Organization/harbor-clinic", 200,
+            lambda r: f"total {r.json()['total']}",
+        )  # fmt: skip
+        if searched.json()["total"] != 0:
+            raise DemoFailure("a revoked release still shows in the clinic's search")
         await call(
             "clinic", clinic, "tries to change the shelter's plan", "DELETE",
             f"/fhir/CarePlan/{ids['CarePlan']}", 404, lambda r: "absent",
         )  # fmt: skip
     store.close()
     console.print(steps)
+
+
+def _leaks(response: httpx.Response) -> bool:
+    """Contact details, or the shelter's own record number (its system names the shelter)."""
+    return bool({"telecom", "address"} & set(response.json())) or "RSH-000412" in response.text
+
+
+def _clinic_record(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The clinic's own record of the survivor: its MRN, and the HMIS PersonalID she gave."""
+    survivor = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    hmis = [i for i in survivor["identifier"] if i["system"].endswith(".100")]
+    mrn = {"system": CLINIC_MRN, "value": "HCC-20931"}
+    return {
+        "resourceType": "Patient",
+        "identifier": [mrn, *hmis],
+        "name": survivor["name"],
+        "birthDate": survivor["birthDate"],
+    }
 
 
 def _for_patient(consent: dict[str, Any], patient_id: str) -> dict[str, Any]:

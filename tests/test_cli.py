@@ -91,3 +91,11 @@ def test_demo_runs_end_to_end_and_can_run_again(env: Path) -> None:
     assert "every step answered as expected" in first.output
     again = runner.invoke(app, ["demo"])
     assert again.exit_code == 0, again.output
+
+
+def test_db_reindex_rebuilds_every_resources_index(env: Path) -> None:
+    assert runner.invoke(app, ["demo"]).exit_code == 0
+    result = runner.invoke(app, ["db", "reindex", "--batch", "3"])
+    assert result.exit_code == 0, result.output
+    assert "reindexed" in result.output
+    assert runner.invoke(app, ["demo"]).exit_code == 0  # and the data still answers the same

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from gateway.clock import Clock
 from gateway.errors import Conflict, Gone, NotFound, PreconditionFailed, not_found
 from gateway.store.port import HistoryPage, SearchPage, StoredResource
@@ -26,7 +28,7 @@ from gateway.store.query import (
     date_matches,
 )
 from gateway.store.records import PreparedVersion, new_id, prepare
-from gateway.store.searchparams import FACT_PARAM_NAMES, IndexEntry, stamp
+from gateway.store.searchparams import FACT_PARAM_NAMES, IndexEntry, extract, stamp
 
 
 @dataclass
@@ -130,6 +132,13 @@ class MemoryStore:
 
     def reencrypt(self, batch_size: int = 500) -> Iterator[int]:
         return iter(())
+
+    def reindex(self, batch_size: int = 500) -> Iterator[int]:
+        with self._lock:
+            live = [h for h in self._state.heads.values() if not h.current.deleted]
+            for head in live:
+                head.index = extract(orjson.loads(head.current.body))
+        return iter([len(live)] if live else [])
 
     def close(self) -> None:
         return None

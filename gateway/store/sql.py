@@ -76,6 +76,7 @@ from gateway.store.searchparams import (
     FACT_PARAM_NAMES,
     IndexEntry,
     Kind,
+    extract,
     stamp,
 )
 
@@ -265,6 +266,24 @@ class SqlStore:
                 return
             yield done
 
+    def reindex(self, batch_size: int = 500) -> Iterator[int]:
+        """Derive the search index of every current version afresh (after the extraction
+        plan changed, e.g. new consent-fact rows), batch by batch; yields rows done."""
+        after = 0
+        while True:
+            with self._session(write=True, op="reindex") as s:
+                after, done = s.reindex_batch(after, batch_size)
+            if not done:
+                return
+            yield done
+
+    def count_live(self) -> int:
+        with self._session(write=False, op="count") as s:
+            count: int = s.conn.execute(
+                select(func.count()).select_from(R).where(R.c.deleted == false())
+            ).scalar_one()
+            return count
+
     def count_by_key(self) -> dict[str, int]:
         with self._session(write=False, op="keys") as s:
             rows = s.conn.execute(
@@ -435,7 +454,9 @@ class _SqlSession:
         if replace_index:
             self.conn.execute(delete(SI).where(SI.c.rid == rid))
         if version.index:
-            self.conn.exec_driver_sql(self._sql.insert_index, _index_tuples(rid, version))
+            self.conn.exec_driver_sql(
+                self._sql.insert_index, _index_tuples(rid, version.resource_type, version.index)
+            )
 
     def _insert_head(self, version: PreparedVersion, contributor: str | None) -> int:
         rid: int = self.conn.execute(
@@ -608,13 +629,33 @@ class _SqlSession:
             rid = rids[(v.resource_type, v.id)]
             key_id, blob = self._ring.encrypt(v.body, aad(v.resource_type, v.id, v.version_id))
             version_rows.append((rid, v.version_id, stamp(v.last_updated), False, key_id, blob))
-            index_rows.extend(_index_tuples(rid, v))
+            index_rows.extend(_index_tuples(rid, v.resource_type, v.index))
         # Straight to the driver's executemany: per-row parameter building in SQLAlchemy cost
         # more than the database's own work for a batch (measured).
         self.conn.exec_driver_sql(self._sql.insert_versions, version_rows)
         if index_rows:
             self.conn.exec_driver_sql(self._sql.insert_index, index_rows)
         return [_stored(v, who) for v, who in in_order]
+
+    def reindex_batch(self, after_rid: int, batch_size: int) -> tuple[int, int]:
+        """Re-extract the index of the live resources after ``after_rid``; returns the last
+        rid done and how many were done."""
+        rows = self.conn.execute(
+            _CURRENT.where(R.c.rid > after_rid, R.c.deleted == false())
+            .order_by(R.c.rid)
+            .limit(batch_size)
+        ).all()
+        if not rows:
+            return after_rid, 0
+        rids = [row.rid for row in rows]
+        self.conn.execute(delete(SI).where(SI.c.rid.in_(rids)))
+        index_rows: list[tuple[Any, ...]] = []
+        for row in rows:
+            body = orjson.loads(self._decrypt(row).body)
+            index_rows.extend(_index_tuples(row.rid, row.resource_type, extract(body)))
+        if index_rows:
+            self.conn.exec_driver_sql(self._sql.insert_index, index_rows)
+        return rids[-1], len(rows)
 
     def reencrypt_batch(self, batch_size: int) -> int:
         rows = self.conn.execute(
@@ -881,12 +922,11 @@ def _stored(v: PreparedVersion, contributor: str | None) -> StoredResource:
     )
 
 
-def _index_tuples(rid: int, v: PreparedVersion) -> list[tuple[Any, ...]]:
-    t = v.resource_type
-    return [
-        (rid, t, e.param, e.system, e.code, e.text, e.raw, e.ref_type, e.ref_id, e.low, e.high)
-        for e in v.index
-    ]
+def _index_tuples(
+    rid: int, resource_type: str, entries: Sequence[IndexEntry]
+) -> list[tuple[Any, ...]]:
+    """Rows for ``insert_index``: an IndexEntry is already the columns in order."""
+    return [(rid, resource_type, *e) for e in entries]
 
 
 @dataclass(frozen=True, slots=True)

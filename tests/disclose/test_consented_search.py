@@ -495,3 +495,22 @@ def test_searching_her_person_identifier_finds_each_visible_record_linked_to_the
     assert links(by_id[clinics]) == [f"Patient/{shelters}"]
     assert links(by_id[shelters]) == [f"Patient/{clinics}"]
     assert "RSH-000412" not in orjson.dumps(found).decode()
+
+
+def test_records_indexed_before_the_consent_facts_are_found_once_the_index_is_rebuilt(
+    sql_store: SqlStore,
+    clinic: TestClient,
+    shelter_record: dict[str, str],
+    release: dict[str, Any],
+) -> None:
+    """A database written before search decided from index facts has none: its records stay
+    hidden from search (fail closed) until ``gateway db reindex``; reads by id never needed
+    them."""
+    from sqlalchemy import text
+
+    with sql_store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM search_index WHERE param LIKE '\\_consent-%' ESCAPE '\\'"))
+    assert clinic.get("/fhir/CarePlan").json()["total"] == 0
+    assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 200
+    assert sum(sql_store.reindex(batch_size=2)) == sql_store.count_live()
+    assert ids(clinic.get("/fhir/CarePlan").json()) == [shelter_record["plan"]]
