@@ -3,7 +3,7 @@ server runs under granian."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from gateway.keys import (
 from gateway.partners import PartnersFileError, partners_for
 from gateway.settings import Settings
 from gateway.store.database import SchemaOutOfDate, ensure_schema, make_engine, upgrade
+
+if TYPE_CHECKING:
+    from gateway.store.sql import SqlStore
 
 app = typer.Typer(help="Care-coordination FHIR gateway.", no_args_is_help=True)
 keys_app = typer.Typer(
@@ -112,11 +115,8 @@ def keys_rotate() -> None:
     console.print("run `gateway keys reencrypt` to move older rows to it")
 
 
-@keys_app.command("reencrypt")
-def keys_reencrypt(
-    batch: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
-) -> None:
-    """Re-encrypt every stored version under the active key."""
+def _keyed_store() -> tuple[SqlStore, FileKeyRing]:
+    """The store at DATABASE_URL with the key ring: for commands that decrypt every row."""
     from gateway.store.sql import SqlStore
 
     settings = _settings()
@@ -126,7 +126,15 @@ def keys_reencrypt(
         ensure_schema(engine)
     except (KeyMaterialError, SchemaOutOfDate) as exc:
         raise _fail(str(exc)) from exc
-    store = SqlStore(engine, keys, SystemClock())
+    return SqlStore(engine, keys, SystemClock()), keys
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(
+    batch: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
+) -> None:
+    """Re-encrypt every stored version under the active key."""
+    store, keys = _keyed_store()
     pending = sum(n for k, n in store.count_by_key().items() if k != keys.current().active)
     with Progress(console=console) as progress:
         task = progress.add_task("re-encrypting", total=pending)
@@ -156,16 +164,7 @@ def db_reindex(
     facts that search under consent decides from: until then, records indexed before it are
     not released by search (they are still released, where consent permits, by reads by id).
     """
-    from gateway.store.sql import SqlStore
-
-    settings = _settings()
-    try:
-        keys = FileKeyRing(settings.keys_dir)
-        engine = make_engine(settings.database_url)
-        ensure_schema(engine)
-    except (KeyMaterialError, SchemaOutOfDate) as exc:
-        raise _fail(str(exc)) from exc
-    store = SqlStore(engine, keys, SystemClock())
+    store, _ = _keyed_store()
     total = store.count_live()
     with Progress(console=console) as progress:
         task = progress.add_task("reindexing", total=total)

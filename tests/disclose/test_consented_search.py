@@ -514,3 +514,17 @@ def test_records_indexed_before_the_consent_facts_are_found_once_the_index_is_re
     assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 200
     assert sum(sql_store.reindex(batch_size=2)) == sql_store.count_live()
     assert ids(clinic.get("/fhir/CarePlan").json()) == [shelter_record["plan"]]
+
+
+def test_the_contributors_own_links_do_not_travel_only_links_the_recipient_may_follow(
+    shelter: TestClient, clinic: TestClient, both_records: dict[str, str]
+) -> None:
+    url = f"/fhir/Patient/{both_records['patient']}"
+    doc = shelter.get(url).json()
+    hidden = "Patient/8f7e2a10-5b1c-4c2e-9d3a-1e2f3a4b5c6d"  # another record of her, elsewhere
+    put(shelter, url, {**doc, "link": [{"other": {"reference": hidden}, "type": "seealso"}]})
+    post(shelter, "/fhir/Consent", release_consent(both_records["patient"]))
+    seen = clinic.get(url)
+    assert links(seen.json()) == [f"Patient/{both_records['clinic_patient']}"]
+    assert hidden not in seen.text
+    assert hidden in shelter.get(url).text
