@@ -6,6 +6,8 @@ migrations in ``migrations/`` create it, and a test holds the two in step.
 ``resource_versions``  every version, its canonical JSON encrypted (AES-256-GCM) under ``key_id``.
 ``search_index``       search values of each *current* version, extracted at write time.
 ``token_replay``       client-assertion ``jti`` values already used, until they expire (auth).
+``audit_log``          the hash-chained audit events (``gateway/audit``): append-only.
+``audit_checkpoints``  signed (Ed25519) statements "the chain's hash at seq N was H".
 Timestamps are fixed-width UTC strings (``searchparams.stamp``), so ordering is textual and the
 same on both databases.
 """
@@ -99,4 +101,33 @@ token_replay = Table(
     Column("jti", String(255), primary_key=True),
     Column("expires_at", String(32), nullable=False),
     Index("ix_token_replay_expires", "expires_at"),
+)
+
+# The audit chain (gateway/audit/chain.py). ``seq`` is assigned by the one appender holding the
+# chain lock, never by the database, so that it has no gaps; ``hash`` = SHA-256 over the
+# previous hash, seq, recorded and the canonical event JSON. On PostgreSQL a trigger refuses
+# UPDATE, DELETE and TRUNCATE (migration 0004): the log is append-only for the application.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
+    Column("recorded", String(32), nullable=False),
+    Column("event", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_log_recorded", "recorded"),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
+    Column("hash", String(64), nullable=False),
+    Column("signed_at", String(32), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
 )
