@@ -13,6 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.audit.chain import AuditChain, CheckpointSigner
+from gateway.audit.trail import AuditLog, MemoryAuditLog
 from gateway.clock import Clock, SystemClock
 from gateway.consent.labels import load_label_tables
 from gateway.consent.policy import load_policy
@@ -63,10 +65,15 @@ def create_app(
     partners: PartnerDirectory | None = None,
     tokens: TokenService | None = None,
     partner_kinds: Mapping[str, str] | None = None,
+    audit: AuditLog | None = None,
 ) -> FastAPI:
     """``authenticate`` given (tests, the in-process demo): it decides who asks. Otherwise, with
     a partner directory (or a ready ``tokens`` service), SMART Backend Services bearer tokens do;
-    with neither, every ``/fhir`` request is refused (deny by default)."""
+    with neither, every ``/fhir`` request is refused (deny by default).
+
+    ``audit``: where audit events go; by default the hash chain in the store's own database
+    (signed with ``KEYS_DIR``'s audit key). A store that is not SQL needs one given (tests give
+    ``MemoryAuditLog``); without one every data request fails with 503 (fail closed)."""
     clock = clock or SystemClock()
     metrics = Metrics()
     logger = configure_logging(settings.log_level)
@@ -80,6 +87,18 @@ def create_app(
         tokens = TokenService.from_settings(settings, partners, clock, replay)
     if authenticate is None:
         authenticate = tokens.authenticate if tokens is not None else refuse_everyone
+    if audit is None:
+        audit = (
+            AuditChain(
+                the_store.engine,
+                CheckpointSigner.from_keys_dir(settings.keys_dir),
+                clock,
+                checkpoint_every=settings.audit_checkpoint_every,
+                checkpoint_file=settings.audit_checkpoint_file,
+            )
+            if isinstance(the_store, SqlStore)
+            else MemoryAuditLog(failing=True)
+        )
     ctx = GatewayContext(
         settings=settings,
         store=the_store,
@@ -96,6 +115,8 @@ def create_app(
                 {p.id: p.organization for p in tokens.directory} if tokens is not None else {}
             ),
         ),
+        audit=audit,
+        partner_names={p.id: p.name for p in tokens.directory} if tokens is not None else {},
     )
     ctx.extras["metrics"] = metrics
     ctx.extras["tokens"] = tokens

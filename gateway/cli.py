@@ -3,6 +3,9 @@ server runs under granian."""
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -25,6 +28,7 @@ from gateway.settings import Settings
 from gateway.store.database import SchemaOutOfDate, ensure_schema, make_engine, upgrade
 
 if TYPE_CHECKING:
+    from gateway.audit.chain import AuditChain
     from gateway.store.sql import SqlStore
 
 app = typer.Typer(help="Care-coordination FHIR gateway.", no_args_is_help=True)
@@ -32,8 +36,10 @@ keys_app = typer.Typer(
     help="Encryption, token-signing and audit-signing keys.", no_args_is_help=True
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -172,6 +178,96 @@ def db_reindex(
             progress.advance(task, done)
     console.print(f"reindexed {total} resources")
     store.close()
+
+
+def _audit_chain() -> tuple[AuditChain, Settings]:
+    from gateway.audit.chain import AuditChain, CheckpointSigner
+
+    settings = _settings()
+    try:
+        engine = make_engine(settings.database_url, pool_size=1)
+        ensure_schema(engine)
+        signer = CheckpointSigner.from_keys_dir(settings.keys_dir)
+    except (SchemaOutOfDate, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    chain = AuditChain(
+        engine,
+        signer,
+        SystemClock(),
+        checkpoint_every=settings.audit_checkpoint_every,
+        checkpoint_file=settings.audit_checkpoint_file,
+    )
+    return chain, settings
+
+
+@audit_app.command("verify")
+def audit_verify(
+    public_key: Annotated[
+        Path | None, typer.Option(help="Ed25519 public key (default: KEYS_DIR's).")
+    ] = None,
+    checkpoint_file: Annotated[
+        Path | None, typer.Option(help="Checkpoints kept outside the database.")
+    ] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="Verify an `audit export` file instead of the database.")
+    ] = None,
+) -> None:
+    """Recompute the hash chain and check every signed checkpoint; exit 1 at the first bad seq."""
+    from gateway.audit.chain import load_public_key, public_key_path, verify_export
+
+    settings = _settings()
+    try:
+        public = load_public_key(public_key or public_key_path(settings.keys_dir))
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot read the audit public key: {exc}") from exc
+    if export is not None:
+        try:
+            with export.open("rb") as fh:
+                result = verify_export(iter(fh), public)
+        except (OSError, ValueError, KeyError) as exc:
+            raise _fail(f"cannot read the export: {exc}") from exc
+    else:
+        chain, settings = _audit_chain()
+        result = chain.verify(
+            public, checkpoint_file=checkpoint_file or settings.audit_checkpoint_file
+        )
+    typer.echo(str(result))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign the chain's current head now (also done every AUDIT_CHECKPOINT_EVERY events)."""
+    chain, _ = _audit_chain()
+    signed = chain.checkpoint()
+    typer.echo("the audit log is empty" if signed is None else f"signed seq {signed.seq}")
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[
+        datetime | None, typer.Option(help="Events recorded at or after this instant (UTC).")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="Only ndjson: one JSON object per line.")
+    ] = "ndjson",
+    output: Annotated[Path | None, typer.Option(help="File to write (default: stdout).")] = None,
+) -> None:
+    """Export events and signed checkpoints for a SIEM; `audit verify --export` checks a file."""
+    from gateway.audit.chain import export_lines
+
+    if output_format != "ndjson":
+        raise _fail("--format must be ndjson")
+    chain, _ = _audit_chain()
+    moment = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
+    sink = output.open("wb") if output is not None else sys.stdout.buffer
+    try:
+        for line in export_lines(chain, since=moment):
+            sink.write(line + b"\n")
+    finally:
+        if output is not None:
+            sink.close()
 
 
 @keys_app.command("status")

@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     default_page_size: Annotated[int, Field(gt=0)] = 50
     max_page_size: Annotated[int, Field(gt=0)] = 500
     log_level: str = "INFO"
+    # Audit (gateway/audit): a signed checkpoint every N events; optionally also appended to a
+    # file outside the database (put it on other storage), so that truncating the table and its
+    # checkpoints is still detected. Retention: the gateway never deletes audit events; keep
+    # them at least this long (HIPAA 45 CFR 164.316(b)(2): six years), then archive by export.
+    audit_checkpoint_every: Annotated[int, Field(gt=0)] = 1000
+    audit_checkpoint_file: Path | None = None
+    audit_retention_days: Annotated[int, Field(ge=2190)] = 2190
     # The demo is the only run allowed to invent things (keys, sample data); see cli.demo.
     demo: bool = False
 

@@ -89,6 +89,7 @@ __all__ = [
     "facts_from_index",
     "facts_from_resource",
     "patient_from_index",
+    "patient_of",
 ]
 
 
@@ -202,6 +203,17 @@ def facts_from_resource(
         references=_refs(resource, paths.references),
         authors=_refs(resource, paths.authors),
     )
+
+
+def patient_of(resource: dict[str, Any]) -> str | None:
+    """The Patient a resource belongs to (a Patient: itself), as ``facts_from_resource``
+    finds it; None when none or several."""
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
+        rid = resource.get("id")
+        return rid if isinstance(rid, str) else None
+    paths = FACT_PATHS.get(rtype if isinstance(rtype, str) else "", FactPaths())
+    return _single_patient(_refs(resource, paths.patient))
 
 
 def patient_from_index(

@@ -38,9 +38,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import orjson
 
+from gateway.audit.events import REFUSED, Activity, Disclosed
+from gateway.audit.trail import AuditTrail
 from gateway.clock import Clock
 from gateway.consent.engine import (
     AccessRequest,
@@ -52,6 +55,7 @@ from gateway.consent.engine import (
     facts_from_index,
     facts_from_resource,
     patient_from_index,
+    patient_of,
 )
 from gateway.consent.labels import LabelTables, labels_for
 from gateway.consent.model import ParsedConsent, parse_consent
@@ -85,6 +89,14 @@ from gateway.store.searchparams import Kind
 MAX_CONSENTS_READ = 500
 CONSENT_PATIENTS_PER_QUERY = 100
 EXPLAINERS = frozenset({"compliance", "admin"})
+# The audit's restful-interaction code for each scope check.
+SCOPE_INTERACTIONS = {
+    "read": "read", "search": "search-type", "create": "create", "update": "update",
+    "delete": "delete",
+}  # fmt: skip
+CONTRIBUTOR = Decision(True, "contributor", None, None)
+DIRECTORY = Decision(True, "policy:directory", None, None)
+NOT_RELEASED = Decision(False, "not-visible", None, None)
 
 if TYPE_CHECKING:
     from gateway.disclose.deps import Requester
@@ -106,11 +118,17 @@ class ConsentedSession:
     """The operations, on a raw store or on one of its units of work, for one requester."""
 
     def __init__(
-        self, raw: StoreSession, requester: Requester, rules: ConsentRules | None = None
+        self,
+        raw: StoreSession,
+        requester: Requester,
+        rules: ConsentRules | None = None,
+        trail: AuditTrail | None = None,
     ) -> None:
         self._raw = raw
         self._requester = requester
         self._rules = rules
+        # What this request disclosed and refused, for its audit events (gateway/audit).
+        self._trail = trail if trail is not None else AuditTrail()
         self._labels = rules.labels if rules is not None else None
         self._grant = ScopeGrant.parse(requester.scopes)
         self._visibility = Visibility(
@@ -124,9 +142,51 @@ class ConsentedSession:
 
     def _allow(self, resource_type: str, interaction: str) -> None:
         if not self._grant.allows(resource_type, interaction):
+            self._refused(SCOPE_INTERACTIONS[interaction], resource_type, "scope")
             raise Forbidden(
                 f"the access token's scopes do not allow {interaction} on {resource_type}"
             )
+
+    def _refused(
+        self,
+        interaction: str,
+        resource_type: str,
+        reason: str,
+        target: StoredResource | None = None,
+    ) -> None:
+        """Record a refusal (outcome 4) naming the rule, the record and its patient."""
+        patient = patient_of(orjson.loads(target.body)) if target and target.body else None
+        self._trail.add(
+            Activity(
+                interaction,
+                resource_type,
+                outcome=REFUSED,
+                refusal=reason,
+                target=target.reference if target else None,
+                target_patient=patient,
+            )
+        )
+
+    def _disclosed(
+        self,
+        original: StoredResource,
+        decision: Decision,
+        *,
+        included: bool = False,
+    ) -> Disclosed:
+        """What the audit event says of one version released: its patient, the rule and
+        Consent behind the release, the redactions that changed it."""
+        return Disclosed(
+            original.resource_type,
+            original.id,
+            original.version_id,
+            patient_of(orjson.loads(original.body)) if original.body else None,
+            decision.rule,
+            decision.consent,
+            tuple(o.rule for o in decision.obligations if may_change(original.body, o)),
+            decision.break_glass,
+            included,
+        )
 
     def _visible(self, stored: StoredResource) -> bool:
         return self._visibility.admits(stored.resource_type, stored.contributor)
@@ -143,8 +203,12 @@ class ConsentedSession:
             return
         if current.contributor == self._requester.partner_id:
             return
-        if self._release(current, "read") is None:
+        interaction = "delete" if current.deleted else "update"
+        released, decision = self._release_decided(current, "read")
+        if released is None:
+            self._refused(interaction, resource_type, decision.rule, current)
             raise not_found(resource_type, resource_id)
+        self._refused(interaction, resource_type, "only-the-contributor-changes-a-record", current)
         raise Forbidden("a record is changed only by the partner that contributed it")
 
     def _check_consent_write(self, resource: dict[str, Any]) -> None:
@@ -157,9 +221,11 @@ class ConsentedSession:
             return
         policy = self._rules.policy
         if self._requester.kind not in policy.consent_writers:
+            self._refused("create", "Consent", "consent-writing:kind-may-not-record")
             raise Forbidden("this partner may not record Consents")
         written = resource.get("sourceAttachment") or resource.get("sourceReference")
         if policy.consent_needs_written_source and not written:
+            self._refused("create", "Consent", "consent-writing:no-signed-form")
             raise Unprocessable(
                 "a Consent must point at the signed form",
                 issues=[
@@ -194,15 +260,24 @@ class ConsentedSession:
 
     def _release(self, stored: StoredResource, interaction: str) -> StoredResource | None:
         """The version as this requester may see it, or None when it may not see it at all."""
+        return self._release_decided(stored, interaction)[0]
+
+    def _release_decided(
+        self, stored: StoredResource, interaction: str
+    ) -> tuple[StoredResource | None, Decision]:
+        """``_release``, and the decision behind it."""
         if self._visible(stored):
-            return stored
+            return stored, self._own_decision(stored)
         if self._rules is None or stored.deleted:
-            return None
+            return None, NOT_RELEASED
         doc = orjson.loads(stored.body)
         decision = self._decide(self._access(interaction), stored, doc)
         if not decision.permit:
-            return None
-        return _redacted(stored, decision, doc)
+            return None, decision
+        return _redacted(stored, decision, doc), decision
+
+    def _own_decision(self, stored: StoredResource) -> Decision:
+        return CONTRIBUTOR if stored.contributor == self._requester.partner_id else DIRECTORY
 
     def _decide(
         self, request: AccessRequest, stored: StoredResource, doc: dict[str, Any]
@@ -247,7 +322,17 @@ class ConsentedSession:
             purposes=purposes,
             interaction="read",
         )
-        return self._decide(request, stored, orjson.loads(stored.body))
+        doc = orjson.loads(stored.body)
+        self._trail.add(
+            Activity(
+                "operation",
+                resource_type,
+                target=stored.reference,
+                target_patient=patient_of(doc),
+                subtypes=("consent-explain",),
+            )
+        )
+        return self._decide(request, stored, doc)
 
     def _consents_of(
         self, session: StoreSession, patient_ids: Iterable[str]
@@ -291,20 +376,25 @@ class ConsentedSession:
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
         self._allow(resource_type, "read")
         released = self._released(
-            resource_type, resource_id, lambda: self._raw.read(resource_type, resource_id)
+            "read", resource_type, resource_id, lambda: self._raw.read(resource_type, resource_id)
         )
         return self._linked([released])[0] if resource_type == "Patient" else released
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         self._allow(resource_type, "read")
         return self._released(
+            "vread",
             resource_type,
             resource_id,
             lambda: self._raw.vread(resource_type, resource_id, version_id),
         )
 
     def _released(
-        self, resource_type: str, resource_id: str, fetch: Callable[[], StoredResource]
+        self,
+        interaction: str,
+        resource_type: str,
+        resource_id: str,
+        fetch: Callable[[], StoredResource],
     ) -> StoredResource:
         try:
             stored = fetch()
@@ -313,9 +403,13 @@ class ConsentedSession:
             if not self._could_see(resource_type, resource_id):
                 raise not_found(resource_type, resource_id) from None
             raise
-        released = self._release(stored, "read")
+        released, decision = self._release_decided(stored, "read")
         if released is None:
+            self._refused(interaction, resource_type, decision.rule, stored)
             raise not_found(resource_type, resource_id)
+        self._trail.add(
+            Activity(interaction, resource_type, disclosed=(self._disclosed(stored, decision),))
+        )
         return released
 
     def history(
@@ -332,13 +426,19 @@ class ConsentedSession:
             resource_type, resource_id, count=count, since=since, before_version=before_version
         )
         if not self._could_see(resource_type, resource_id):
+            self._refused("history-instance", resource_type, "not-visible")
             raise not_found(resource_type, resource_id)
         shown = []
+        disclosed = []
         for version in page.versions:
             if version.deleted:
                 shown.append(version)
-            elif (released := self._release(version, "history")) is not None:
+                continue
+            released, decision = self._release_decided(version, "history")
+            if released is not None:
                 shown.append(released)
+                disclosed.append(self._disclosed(version, decision))
+        self._trail.add(Activity("history-instance", resource_type, disclosed=tuple(disclosed)))
         return replace(page, versions=shown)
 
     def search(self, query: SearchQuery) -> SearchPage:
@@ -353,6 +453,20 @@ class ConsentedSession:
         page = self._raw.search(replace(query, visible_to=visibility))
         # An _include without a target type may reach any type: keep only what scopes allow.
         included = [r for r in page.included if self._grant.allows(r.resource_type, "read")]
+        if not query.held_only:  # a conditional create's lookup discloses nothing
+            self._trail.add(
+                Activity(
+                    "search-type",
+                    query.resource_type,
+                    disclosed=tuple(
+                        self._disclosed(r, decisions.get(r.key) or self._own_decision(r),
+                                        included=r is not m)
+                        for r, m in (*((r, r) for r in page.matches),
+                                     *((r, None) for r in included))
+                    ),
+                    query=urlencode(query.echo),
+                )
+            )  # fmt: skip
         matches = [_redacted(r, decisions.get(r.key)) for r in page.matches]
         included = [_redacted(r, decisions.get(r.key)) for r in included]
         if any(r.resource_type == "Patient" for r in (*matches, *included)):
@@ -459,7 +573,25 @@ class ConsentedSession:
         del contributor  # always the requester: a partner cannot write in another's name
         self._allow(resource["resourceType"], "create")
         self._check_consent_write(resource)
-        return self._raw.create(self._labelled(resource), contributor=self._requester.partner_id)
+        stored = self._raw.create(self._labelled(resource), contributor=self._requester.partner_id)
+        self._wrote("create", stored)
+        return stored
+
+    def _wrote(self, interaction: str, stored: StoredResource) -> None:
+        subtypes: tuple[str, ...] = ()
+        if stored.resource_type == "Consent":
+            revoked = interaction == "delete" or (
+                stored.body and orjson.loads(stored.body).get("status") != "active"
+            )
+            subtypes = ("consent-revoke",) if revoked else (f"consent-{interaction}",)
+        self._trail.add(
+            Activity(
+                interaction,
+                stored.resource_type,
+                disclosed=(self._disclosed(stored, CONTRIBUTOR),),
+                subtypes=subtypes,
+            )
+        )
 
     def update(
         self,
@@ -474,20 +606,25 @@ class ConsentedSession:
         self._allow(resource_type, "update")
         self._require_own(resource_type, resource_id)
         self._check_consent_write(resource)
-        return self._raw.update(
+        stored, created = self._raw.update(
             resource_type,
             resource_id,
             self._labelled(resource),
             if_match=if_match,
             contributor=self._requester.partner_id,
         )
+        self._wrote("create" if created else "update", stored)
+        return stored, created
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         self._allow(resource_type, "delete")
         self._require_own(resource_type, resource_id)
         if resource_type == "Consent":
             self._consents.clear()
-        return self._raw.delete(resource_type, resource_id)
+        marker = self._raw.delete(resource_type, resource_id)
+        if marker is not None:
+            self._wrote("delete", marker)
+        return marker
 
     def write_many(
         self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
@@ -498,9 +635,12 @@ class ConsentedSession:
             if resource.get("id"):
                 self._require_own(resource["resourceType"], resource["id"])
             self._check_consent_write(resource)
-        return self._raw.write_many(
+        written = self._raw.write_many(
             [self._labelled(r) for r in resources], contributor=self._requester.partner_id
         )
+        for stored in written:
+            self._wrote("update" if stored.version_id > 1 else "create", stored)
+        return written
 
     def serialize(self, key: str) -> None:
         self._raw.serialize(key)
@@ -508,16 +648,24 @@ class ConsentedSession:
 
 class ConsentedStore(ConsentedSession):
     def __init__(
-        self, raw: UnitOfWorkStore, requester: Requester, rules: ConsentRules | None = None
+        self,
+        raw: UnitOfWorkStore,
+        requester: Requester,
+        rules: ConsentRules | None = None,
+        trail: AuditTrail | None = None,
     ) -> None:
-        super().__init__(raw, requester, rules)
+        super().__init__(raw, requester, rules, trail)
         self._store = raw
+
+    @property
+    def trail(self) -> AuditTrail:
+        return self._trail
 
     @contextmanager
     def transaction(self) -> Iterator[ConsentedSession]:
         """A unit of work bound to the same requester: a Bundle cannot read around consent."""
         with self._store.transaction() as session:
-            yield ConsentedSession(session, self._requester, self._rules)
+            yield ConsentedSession(session, self._requester, self._rules, self._trail)
 
 
 def _redacted(

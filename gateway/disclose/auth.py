@@ -725,6 +725,8 @@ def auth_routes(tokens: TokenService | None, settings: Settings) -> list[BaseRou
         return Response(orjson.dumps(answer), headers=NO_STORE, media_type="application/json")
 
     return [
-        FhirRoute("/.well-known/smart-configuration", configuration, methods=["GET"]),
-        FhirRoute("/auth/token", token, methods=["POST"]),
+        FhirRoute(
+            "/.well-known/smart-configuration", configuration, methods=["GET"], interaction=None
+        ),
+        FhirRoute("/auth/token", token, methods=["POST"], interaction=None),
     ]

@@ -15,6 +15,7 @@ from typing import Annotated, ParamSpec, TypeVar
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from gateway.audit.trail import AuditLog, MemoryAuditLog
 from gateway.clock import Clock
 from gateway.consent.store import ConsentedStore, ConsentRules
 from gateway.errors import Unauthorized
@@ -71,6 +72,9 @@ class GatewayContext:
     authenticate: Authenticator = refuse_everyone
     # Network policy, partner kinds, label tables: what consent decisions need besides the data.
     consent: ConsentRules | None = None
+    # Where audit events go (gateway/audit); one that always fails until the factory sets it.
+    audit: AuditLog = field(default_factory=lambda: MemoryAuditLog(failing=True))
+    partner_names: dict[str, str] = field(default_factory=dict)  # for audit events
     extras: dict[str, object] = field(default_factory=dict)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

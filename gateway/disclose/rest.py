@@ -8,15 +8,18 @@ request than a whole read (measured), and the binding is clearer written out onc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
+from gateway.audit.events import REFUSED, Activity, Actor, audit_events
 from gateway.consent.engine import Decision
 from gateway.consent.store import ConsentedStore
 from gateway.disclose.bundles import BundleProcessor
@@ -32,12 +35,13 @@ from gateway.disclose.interactions import (
     parse_if_match,
     parse_query_string,
 )
-from gateway.errors import BadRequest, UnsupportedMediaType
+from gateway.errors import BadRequest, GatewayError, Unauthorized, UnsupportedMediaType
 from gateway.ingest.validate import validate_resource
 from gateway.store.port import UnitOfWorkStore
 from gateway.store.searchparams import RESOURCE_TYPES
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+MethodEndpoint = Callable[["FhirEndpoints", Request], Awaitable[Response]]
 
 
 def explanation(decision: Decision) -> dict[str, Any]:
@@ -57,7 +61,14 @@ def explanation(decision: Decision) -> dict[str, Any]:
 
 class FhirRoute(Route):
     """A Starlette route that names itself in the scope, so that metrics and logs can use its
-    path *template* (never the path, which carries ids)."""
+    path *template* (never the path, which carries ids), and the audit its FHIR
+    restful-interaction code (``interaction``; None: the route discloses nothing)."""
+
+    def __init__(
+        self, path: str, endpoint: Endpoint, *, methods: list[str], interaction: str | None
+    ) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        self.interaction = interaction
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child = super().matches(scope)
@@ -70,7 +81,63 @@ async def bind(request: Request) -> tuple[GatewayContext, ConsentedStore]:
     """Who is asking, and the one store they may use. Every data route starts here."""
     ctx: GatewayContext = request.app.state.gateway
     requester = await ctx.authenticate(request)
-    return ctx, request_store(ctx, requester)
+    store = request_store(ctx, requester)
+    request.state.audited = (requester, store.trail)
+    return ctx, store
+
+
+def audited(endpoint: MethodEndpoint) -> MethodEndpoint:
+    """Every data route is wrapped: what it disclosed or refused (its store's ``AuditTrail``)
+    becomes AuditEvents that are committed **before** the response leaves. When they cannot be
+    written the request fails with 503 and its answer is dropped (fail closed); a refusal is
+    written before the refusal is answered. A request refused before authentication (no or a
+    bad token) is audited as a token refusal."""
+
+    @functools.wraps(endpoint)
+    async def run(self: FhirEndpoints, request: Request) -> Response:
+        try:
+            response = await endpoint(self, request)
+        except Unauthorized:
+            await write_audit(request, token_refused=True)
+            raise
+        except GatewayError:
+            await write_audit(request)
+            raise
+        await write_audit(request)
+        return response
+
+    return run
+
+
+async def write_audit(request: Request, *, token_refused: bool = False) -> None:
+    ctx: GatewayContext = request.app.state.gateway
+    route = request.scope.get("route")
+    interaction = getattr(route, "interaction", None) or "operation"
+    address = request.client.host if request.client else None
+    bound = getattr(request.state, "audited", None)
+    if bound is None:
+        if not token_refused:
+            return
+        actor = Actor(None, None, address=address)
+        resource_type = request.path_params.get("resource_type")
+        activities = [Activity(interaction, resource_type, outcome=REFUSED, refusal="token")]
+    else:
+        requester, trail = bound
+        if not trail.activities:
+            return
+        actor = Actor(
+            requester.partner_id,
+            requester.organization or None,
+            requester.purpose_of_use,
+            address=address,
+            names=ctx.partner_names,
+        )
+        activities = trail.activities
+    now = ctx.clock.now()
+    source = ctx.settings.fhir_base
+    events = [e for a in activities for e in audit_events(a, actor, now, source=source)]
+    # Always off the event loop: concurrent requests then share one commit (group commit).
+    await run_in_threadpool(ctx.audit.append, events)
 
 
 class FhirEndpoints:
@@ -88,6 +155,7 @@ class FhirEndpoints:
             ctx.extras["capability"] = body
         return to_response(Result(200, body), response_type(request))
 
+    @audited
     async def read(self, request: Request) -> Response:
         ctx, store = await bind(request)
         media = response_type(request)
@@ -95,6 +163,7 @@ class FhirEndpoints:
         result = await ctx.call(self.ix.read, store, p["resource_type"], p["resource_id"])
         return to_response(result, media)
 
+    @audited
     async def vread(self, request: Request) -> Response:
         ctx, store = await bind(request)
         media = response_type(request)
@@ -104,10 +173,12 @@ class FhirEndpoints:
         )
         return to_response(result, media)
 
+    @audited
     async def search(self, request: Request) -> Response:
         ctx, store = await bind(request)
         return await self._search(request, ctx, store, list(request.query_params.multi_items()))
 
+    @audited
     async def search_by_post(self, request: Request) -> Response:
         ctx, store = await bind(request)
         check_type(request.path_params["resource_type"])
@@ -140,6 +211,7 @@ class FhirEndpoints:
         )
         return to_response(result, media)
 
+    @audited
     async def create(self, request: Request) -> Response:
         ctx, store = await bind(request)
         media = response_type(request)
@@ -164,6 +236,7 @@ class FhirEndpoints:
             result = await ctx.call(self.ix.create, store, resource, prefer=preference)
         return to_response(result, media)
 
+    @audited
     async def update(self, request: Request) -> Response:
         ctx, store = await bind(request)
         media = response_type(request)
@@ -188,12 +261,14 @@ class FhirEndpoints:
         )
         return to_response(result, media)
 
+    @audited
     async def delete(self, request: Request) -> Response:
         ctx, store = await bind(request)
         p = request.path_params
         result = await ctx.call(self.ix.delete, store, p["resource_type"], p["resource_id"])
         return to_response(result, FHIR_JSON)
 
+    @audited
     async def history(self, request: Request) -> Response:
         ctx, store = await bind(request)
         media = response_type(request)
@@ -204,6 +279,7 @@ class FhirEndpoints:
         )
         return to_response(result, media)
 
+    @audited
     async def explain(self, request: Request) -> Response:
         """``GET /fhir/Consent/$explain?partner=…&resource=Type/id[&purpose=…][&patient=…]``:
         the consent decision for another partner and the rule behind it (compliance, admin)."""
@@ -221,6 +297,7 @@ class FhirEndpoints:
         decision = await ctx.call(store.explain, partner, resource_type, resource_id, purposes)
         return to_response(Result(200, orjson.dumps(explanation(decision))), media)
 
+    @audited
     async def batch_or_transaction(self, request: Request) -> Response:
         ctx, store = await bind(request)
         media = response_type(request)
@@ -236,16 +313,26 @@ def fhir_routes(interactions: Interactions, bundles: BundleProcessor) -> list[Ba
     e = FhirEndpoints(interactions, bundles)
     instance = "/fhir/{resource_type}/{resource_id}"
     return [
-        FhirRoute("/fhir/Consent/$explain", e.explain, methods=["GET"]),
-        FhirRoute(instance, e.read, methods=["GET"]),
-        FhirRoute("/fhir/metadata", e.metadata, methods=["GET"]),
-        FhirRoute("/fhir/{resource_type}", e.search, methods=["GET"]),
-        FhirRoute("/fhir/{resource_type}", e.create, methods=["POST"]),
-        FhirRoute(instance, e.update, methods=["PUT"]),
-        FhirRoute(instance, e.delete, methods=["DELETE"]),
-        FhirRoute(f"{instance}/_history", e.history, methods=["GET"]),
-        FhirRoute(f"{instance}/_history/{{version_id}}", e.vread, methods=["GET"]),
-        FhirRoute("/fhir/{resource_type}/_search", e.search_by_post, methods=["POST"]),
-        FhirRoute("/fhir", e.batch_or_transaction, methods=["POST"]),
-        FhirRoute("/fhir/", e.batch_or_transaction, methods=["POST"]),  # bases often end in "/"
+        FhirRoute("/fhir/Consent/$explain", e.explain, methods=["GET"], interaction="operation"),
+        FhirRoute(instance, e.read, methods=["GET"], interaction="read"),
+        FhirRoute("/fhir/metadata", e.metadata, methods=["GET"], interaction=None),
+        FhirRoute("/fhir/{resource_type}", e.search, methods=["GET"], interaction="search-type"),
+        FhirRoute("/fhir/{resource_type}", e.create, methods=["POST"], interaction="create"),
+        FhirRoute(instance, e.update, methods=["PUT"], interaction="update"),
+        FhirRoute(instance, e.delete, methods=["DELETE"], interaction="delete"),
+        FhirRoute(
+            f"{instance}/_history", e.history, methods=["GET"], interaction="history-instance"
+        ),
+        FhirRoute(
+            f"{instance}/_history/{{version_id}}", e.vread, methods=["GET"], interaction="vread"
+        ),
+        FhirRoute(
+            "/fhir/{resource_type}/_search",
+            e.search_by_post,
+            methods=["POST"],
+            interaction="search-type",
+        ),
+        FhirRoute("/fhir", e.batch_or_transaction, methods=["POST"], interaction="batch"),
+        # bases often end in "/"
+        FhirRoute("/fhir/", e.batch_or_transaction, methods=["POST"], interaction="batch"),
     ]

@@ -305,8 +305,9 @@ def test_two_gateways_on_one_database_share_one_chain(
 ) -> None:
     """Another process (here: another AuditChain on its own engine) appends through the
     database's lock, not the in-process one."""
+    other_engine = make_engine(engine.url.render_as_string(hide_password=False))
     other = AuditChain(
-        make_engine(engine.url.render_as_string(hide_password=False)),
+        other_engine,
         CheckpointSigner.from_keys_dir(keys),
         FrozenClock(START),
         checkpoint_every=EVERY,
@@ -319,6 +320,7 @@ def test_two_gateways_on_one_database_share_one_chain(
         t.start()
     for t in threads:
         t.join()
+    other_engine.dispose()
     result = chain.verify(public)
     assert result.ok, result
     assert result.events == 240

@@ -1123,11 +1123,17 @@ NARROWINGS = {
 )
 def test_narrowing_a_permit_never_reveals_more(req, res, docs, data, now) -> None:  # type: ignore[no-untyped-def]
     """Adding an element to a permit that lacks it. Not an explicit-consent label (listing
-    ETH *grants* ETH: rule 6), and not a first actor (a permit without one releases to nobody,
-    so naming one widens it)."""
+    ETH *grants* ETH: rule 6), not a first actor (a permit without one releases to nobody, so
+    naming one widens it), and not a permit with a deny beneath it: a nested exception applies
+    only where its parent applies, so narrowing the parent narrows that deny too (and another
+    Consent's permit may then release what the deny held back, as the contract says)."""
     changed = copy.deepcopy(docs)
     target = data.draw(st.sampled_from(changed))
-    permits = [n for n in _nodes(target["provision"]) if n.get("type") == "permit"]
+    permits = [
+        n
+        for n in _nodes(target["provision"])
+        if n.get("type") == "permit" and not any(d.get("type") != "permit" for d in _nodes(n)[1:])
+    ]
     if not permits:
         return
     node = data.draw(st.sampled_from(permits))

@@ -9,10 +9,12 @@ import orjson
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.audit.trail import MemoryAuditLog
 from gateway.clock import FrozenClock
 from gateway.disclose.deps import Requester, fixed_requester
 from gateway.settings import Settings
 from gateway.store.port import ResourceStore
+from gateway.store.sql import SqlStore
 
 BASE = "http://gateway.test"
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -42,6 +44,8 @@ def partner_client(
         clock=clock,
         authenticate=fixed_requester(requester),
         partner_kinds=KINDS,
+        # The SQL stores audit to the real chain in their own database; the memory twin to its.
+        audit=None if isinstance(store, SqlStore) else MemoryAuditLog(),
     )
     return TestClient(app, base_url=BASE)
 

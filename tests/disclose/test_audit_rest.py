@@ -1,0 +1,302 @@
+"""Every disclosure and every refusal through the REST surface writes its AuditEvents to the
+hash chain before the response leaves, and when the chain cannot be written nothing is
+disclosed (503). Events carry references and codes, never clinical content."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.audit.chain import load_public_key, public_key_path
+from gateway.audit.trail import MemoryAuditLog
+from gateway.clock import FrozenClock
+from gateway.disclose.deps import Requester, fixed_requester
+from gateway.settings import Settings
+from gateway.store.sql import SqlStore
+from tests.support.network import ALL, BASE, FHIR, KINDS, partner_client, post, release_consent
+from tests.support.records import care_plan, patient, referral
+
+INTERACTION = "http://hl7.org/fhir/restful-interaction"
+
+
+def audit_log(app_client: TestClient) -> list[dict[str, Any]]:
+    chain = app_client.app.state.gateway.audit  # type: ignore[attr-defined]
+    return [orjson.loads(row[2]) for row in chain.rows()]
+
+
+def subtypes(event: dict[str, Any]) -> set[str]:
+    return {c["code"] for c in event["subtype"]}
+
+
+def entities(event: dict[str, Any], role: str) -> list[str]:
+    return [e["what"]["reference"] for e in event.get("entity", []) if e["role"]["code"] == role]
+
+
+def requestor(event: dict[str, Any]) -> dict[str, Any]:
+    (agent,) = [a for a in event["agent"] if a["requestor"]]
+    return agent
+
+
+def new_events(client: TestClient, before: int) -> list[dict[str, Any]]:
+    return audit_log(client)[before:]
+
+
+def test_a_read_writes_one_balp_event_naming_partner_patient_resource_and_purpose(
+    shelter: TestClient, shelter_record: dict[str, str]
+) -> None:
+    before = len(audit_log(shelter))
+    assert shelter.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 200
+    (event,) = new_events(shelter, before)
+    assert event["resourceType"] == "AuditEvent"
+    assert event["type"]["code"] == "rest"
+    assert "read" in subtypes(event)
+    assert event["action"] == "R"
+    assert event["outcome"] == "0"
+    agent = requestor(event)
+    assert agent["who"]["reference"] == "Organization/riverside-shelter"
+    assert agent["altId"] == "riverside-shelter"
+    assert agent["purposeOfUse"][0]["coding"][0]["code"] == "TREAT"
+    assert entities(event, "1") == [f"Patient/{shelter_record['patient']}"]
+    assert entities(event, "4") == [f"CarePlan/{shelter_record['plan']}/_history/1"]
+    assert event["source"]["observer"]["display"] == "care-gateway"
+    text = orjson.dumps(event).decode()
+    for secret in ("Álvarez", "Safety plan", "1994-03-17", "RSH-000412"):
+        assert secret not in text
+
+
+def test_a_release_names_the_consent_and_the_redactions_applied(
+    shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    url = f"/fhir/Patient/{shelter_record['patient']}"
+    doc = shelter.get(url).json()
+    shelter.put(url, content=orjson.dumps({**doc, "telecom": [{"system": "phone",
+                "value": "555-0100"}]}), headers=FHIR)  # fmt: skip
+    consent = post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"])).json()
+    before = len(audit_log(clinic))
+    assert clinic.get(url).status_code == 200
+    (event,) = new_events(clinic, before)
+    assert requestor(event)["policy"] == [f"{BASE}/fhir/Consent/{consent['id']}"]
+    (entity,) = [e for e in event["entity"] if e["role"]["code"] == "4"]
+    details = {d["type"]: d["valueString"] for d in entity["detail"]}
+    assert details["decision"].startswith(f"consent:Consent/{consent['id']}#")
+    assert "patient-contact-details" in details["redactions"]
+    assert "partner-local-identifiers" in details["redactions"]
+    assert "555-0100" not in orjson.dumps(event).decode()
+
+
+def test_a_refused_read_is_audited_as_a_refusal_and_answers_like_an_absent_record(
+    clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    before = len(audit_log(clinic))
+    assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
+    (event,) = new_events(clinic, before)
+    assert event["outcome"] == "4"
+    assert event["outcomeDesc"] == "no-permit"
+    assert entities(event, "1") == [f"Patient/{shelter_record['patient']}"]
+    assert entities(event, "4") == [f"CarePlan/{shelter_record['plan']}"]
+    assert "refused:no-permit" in subtypes(event)
+
+
+def test_a_search_writes_one_event_per_patient_with_the_query(
+    shelter: TestClient, shelter_record: dict[str, str]
+) -> None:
+    others = [
+        post(shelter, "/fhir/Patient", patient("Okafor", "Amina", mrn=f"RSH-{n}")).json()["id"]
+        for n in (2, 3)
+    ]
+    for pid in others:
+        post(shelter, "/fhir/CarePlan", care_plan(pid))
+    before = len(audit_log(shelter))
+    found = shelter.get("/fhir/CarePlan?status=active&_count=10").json()
+    assert found["total"] == 3
+    events = new_events(shelter, before)
+    assert len(events) == 3
+    patients = sorted(p for e in events for p in entities(e, "1"))
+    assert patients == sorted(f"Patient/{p}" for p in [shelter_record["patient"], *others])
+    for event in events:
+        assert "search-type" in subtypes(event)
+        (query,) = [e for e in event["entity"] if e["role"]["code"] == "24"]
+        assert base64.b64decode(query["query"]).decode() == "status=active&_count=10"
+
+
+def test_a_search_that_finds_nothing_still_audits_the_query(clinic: TestClient) -> None:
+    before = len(audit_log(clinic))
+    assert clinic.get("/fhir/Patient?family=alvarez").json()["total"] == 0
+    (event,) = new_events(clinic, before)
+    assert entities(event, "1") == []
+    assert entities(event, "4") == []
+
+
+def test_included_resources_are_audited_with_their_patient(
+    shelter: TestClient, shelter_record: dict[str, str]
+) -> None:
+    before = len(audit_log(shelter))
+    shelter.get(
+        f"/fhir/ServiceRequest?_id={shelter_record['referral']}&_include=ServiceRequest:subject"
+    )
+    (event,) = new_events(shelter, before)
+    assert sorted(entities(event, "4")) == sorted(
+        [
+            f"ServiceRequest/{shelter_record['referral']}/_history/1",
+            f"Patient/{shelter_record['patient']}/_history/1",
+        ]
+    )
+
+
+def test_a_scope_refusal_is_audited(
+    settings: Settings, sql_store: SqlStore, clock: FrozenClock
+) -> None:
+    with partner_client(
+        settings, sql_store, clock, "harbor-clinic", "clinic", ("system/CarePlan.rs",)
+    ) as narrow:
+        before = len(audit_log(narrow))
+        assert narrow.get("/fhir/Patient").status_code == 403
+        (event,) = new_events(narrow, before)
+    assert event["outcome"] == "4"
+    assert event["outcomeDesc"] == "scope"
+
+
+def test_a_request_without_a_valid_token_is_audited_as_a_token_refusal(
+    settings: Settings, sql_store: SqlStore, clock: FrozenClock
+) -> None:
+    with TestClient(create_app(settings, store=sql_store, clock=clock), base_url=BASE) as anon:
+        before = len(audit_log(anon))
+        assert anon.get("/fhir/Patient/p1").status_code == 401
+        (event,) = new_events(anon, before)
+    assert event["outcome"] == "4"
+    assert event["outcomeDesc"] == "token"
+    assert requestor(event)["who"] == {"display": "unauthenticated client"}
+
+
+def test_recording_and_revoking_a_consent_are_audited(
+    shelter: TestClient, shelter_record: dict[str, str]
+) -> None:
+    before = len(audit_log(shelter))
+    consent = post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"])).json()
+    revoked = {**consent, "status": "inactive"}
+    shelter.put(f"/fhir/Consent/{consent['id']}", content=orjson.dumps(revoked), headers=FHIR)
+    recorded, revoke = new_events(shelter, before)
+    assert {"create", "consent-create"} <= subtypes(recorded)
+    assert {"update", "consent-revoke"} <= subtypes(revoke)
+    assert entities(revoke, "1") == [f"Patient/{shelter_record['patient']}"]
+
+
+def test_break_glass_is_flagged(
+    settings: Settings, sql_store: SqlStore, clock: FrozenClock
+) -> None:
+    with partner_client(settings, sql_store, clock, "harbor-clinic", "clinic") as clinic:
+        survivor = post(clinic, "/fhir/Patient", patient(mrn="HCC-40")).json()["id"]
+        plan = post(clinic, "/fhir/CarePlan", care_plan(survivor)).json()["id"]
+    with partner_client(
+        settings, sql_store, clock, "st-marys-hospital", "hospital", purposes=("ETREAT",)
+    ) as emergency:
+        before = len(audit_log(emergency))
+        assert emergency.get(f"/fhir/CarePlan/{plan}").status_code == 200
+        (event,) = new_events(emergency, before)
+    assert "break-glass" in subtypes(event)
+    assert event["purposeOfEvent"][0]["coding"][0]["code"] == "ETREAT"
+
+
+def test_every_interaction_of_a_bundle_is_audited(
+    shelter: TestClient, shelter_record: dict[str, str]
+) -> None:
+    before = len(audit_log(shelter))
+    post(
+        shelter,
+        "/fhir",
+        {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": f"CarePlan/{shelter_record['plan']}"}},
+            {"request": {"method": "GET", "url": "Task?_count=5"}},
+            {"resource": referral(shelter_record["patient"]),
+             "request": {"method": "POST", "url": "ServiceRequest"}}]},
+    )  # fmt: skip
+    kinds = [subtypes(e) & {"read", "search-type", "create"} for e in new_events(shelter, before)]
+    assert kinds == [{"read"}, {"search-type"}, {"create"}]
+
+
+@pytest.fixture
+def unaudited(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
+    """The shelter, on an app whose audit log cannot be written (a full disk, a lost link)."""
+    requester = Requester("riverside-shelter", "shelter", "Organization/riverside-shelter", ALL)
+    app = create_app(
+        settings,
+        store=sql_store,
+        clock=clock,
+        authenticate=fixed_requester(requester),
+        partner_kinds=KINDS,
+        audit=MemoryAuditLog(failing=True),
+    )
+    with TestClient(app, base_url=BASE) as client:
+        yield client
+
+
+def test_when_the_audit_log_cannot_be_written_nothing_is_disclosed(
+    unaudited: TestClient, shelter_record: dict[str, str]
+) -> None:
+    for url in (
+        f"/fhir/Patient/{shelter_record['patient']}",
+        f"/fhir/Patient/{shelter_record['patient']}/_history",
+        f"/fhir/Patient/{shelter_record['patient']}/_history/1",
+        "/fhir/Patient?family=alvarez",
+        "/fhir/CarePlan",
+    ):
+        response = unaudited.get(url)
+        assert response.status_code == 503, url
+        assert response.json()["resourceType"] == "OperationOutcome"
+        for secret in ("Álvarez", "Safety plan", "1994-03-17", shelter_record["patient"]):
+            assert secret not in response.text, url
+
+
+def test_the_chain_verifies_after_a_day_of_requests(
+    settings: Settings, shelter: TestClient, clinic: TestClient, shelter_record: dict[str, str]
+) -> None:
+    post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"]))
+    for url in ("/fhir/CarePlan", f"/fhir/Patient/{shelter_record['patient']}", "/fhir/Task"):
+        clinic.get(url)
+        shelter.get(url)
+    chain = shelter.app.state.gateway.audit  # type: ignore[attr-defined]
+    result = chain.verify(load_public_key(public_key_path(settings.keys_dir)))
+    assert result.ok, result
+    assert result.events >= 10
+
+
+def test_every_route_that_returns_survivor_data_writes_an_event_first(
+    shelter: TestClient, shelter_record: dict[str, str]
+) -> None:
+    """Walk every route the app has, as the partner that holds the record: whatever returns the
+    survivor's data must have written at least one AuditEvent naming the record. A route added
+    later that discloses without auditing fails here."""
+    walked = 0
+    for route in shelter.app.routes:  # type: ignore[attr-defined]
+        path, methods = getattr(route, "path", None), getattr(route, "methods", None) or set()
+        if not isinstance(path, str) or not path.startswith("/fhir"):
+            continue
+        url = (
+            path.replace("{resource_type}", "Patient")
+            .replace("{resource_id}", shelter_record["patient"])
+            .replace("{version_id}", "1")
+        )
+        for method in sorted(methods - {"HEAD"}):
+            body: bytes | None = None
+            headers = dict(FHIR)
+            if url.endswith("_search"):
+                body = f"_id={shelter_record['patient']}".encode()
+                headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            elif method == "POST" and url.rstrip("/") == "/fhir":
+                read = {"request": {"method": "GET", "url": f"Patient/{shelter_record['patient']}"}}
+                body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": [read]})
+            elif method in ("POST", "PUT", "DELETE"):
+                continue  # writes are audited by the Consent story above
+            before = len(audit_log(shelter))
+            response = shelter.request(method, url, content=body, headers=headers)
+            walked += 1
+            if "RSH-000412" in response.text:
+                named = [r for e in new_events(shelter, before) for r in entities(e, "1")]
+                assert f"Patient/{shelter_record['patient']}" in named, (method, path)
+    assert walked >= 6
