@@ -44,11 +44,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from gateway.audit.events import REFUSED, Activity, Actor
 from gateway.clock import Clock
 from gateway.disclose.deps import Requester
-from gateway.disclose.rest import FhirRoute
+from gateway.disclose.rest import FhirRoute, append_audit
 from gateway.disclose.scopes import ScopeGrant, parse_scopes, supported_scopes
-from gateway.errors import Unauthorized
+from gateway.errors import ServiceUnavailable, Unauthorized
 from gateway.keys import TOKEN_SIGNING_FILE, KeyMaterialError
 from gateway.partners import (
     Partner,
@@ -92,6 +93,11 @@ class OAuthError(Exception):
         self.description = description
         self.status = status
         self.reason = reason or error
+
+
+UNAVAILABLE = OAuthError(
+    "temporarily_unavailable", "the service cannot issue tokens now", status=503
+)
 
 
 def client_refused(reason: str) -> OAuthError:
@@ -709,6 +715,7 @@ def auth_routes(tokens: TokenService | None, settings: Settings) -> list[BaseRou
 
     async def token(request: Request) -> Response:
         started = time.perf_counter()
+        address = request.client.host if request.client else None
         try:
             form = await _read_form(request)
             if tokens is None:
@@ -721,7 +728,26 @@ def auth_routes(tokens: TokenService | None, settings: Settings) -> list[BaseRou
                 error.reason,
                 extra={"duration_ms": round((time.perf_counter() - started) * 1000, 1)},
             )
+            refusal = Activity(
+                "operation", None, outcome=REFUSED, refusal=f"token:{error.reason}",
+                subtypes=("token-request",),
+            )  # fmt: skip
+            anonymous = Actor(None, None, address=address)
+            try:
+                await append_audit(request.app.state.gateway, [refusal], anonymous)
+            except ServiceUnavailable:
+                return _oauth_response(UNAVAILABLE)
             return _oauth_response(error)
+        assert tokens is not None
+        holder = tokens.requester_for(answer["access_token"])
+        issued = Activity("operation", None, subtypes=("token-issued",))
+        actor = Actor(
+            holder.partner_id, holder.organization, holder.purpose_of_use, address=address
+        )
+        try:
+            await append_audit(request.app.state.gateway, [issued], actor)
+        except ServiceUnavailable:
+            return _oauth_response(UNAVAILABLE)  # no audit, no token
         return Response(orjson.dumps(answer), headers=NO_STORE, media_type="application/json")
 
     return [

@@ -133,6 +133,11 @@ async def write_audit(request: Request, *, token_refused: bool = False) -> None:
             names=ctx.partner_names,
         )
         activities = trail.activities
+    await append_audit(ctx, activities, actor)
+
+
+async def append_audit(ctx: GatewayContext, activities: list[Activity], actor: Actor) -> None:
+    """The activities' AuditEvents, committed (or ``ServiceUnavailable``)."""
     now = ctx.clock.now()
     source = ctx.settings.fhir_base
     events = [e for a in activities for e in audit_events(a, actor, now, source=source)]

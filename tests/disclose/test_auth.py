@@ -667,3 +667,31 @@ def test_without_partners_the_token_endpoint_refuses_everyone(
     with TestClient(create_app(settings, store=sql_store, clock=clock), base_url=BASE) as client:
         oauth_error(ask(client, assertion()), 401, "invalid_client")
         assert_invalid_token(client.get("/fhir/Organization/riverside-shelter"))
+
+
+# -- audit -----------------------------------------------------------------------------------
+
+
+def _events(client: TestClient) -> list[dict[str, Any]]:
+    chain = client.app.state.gateway.audit  # type: ignore[attr-defined]
+    return [orjson.loads(row[2]) for row in chain.rows()]
+
+
+def test_an_issued_token_is_audited_with_who_and_why(gateway: TestClient) -> None:
+    token_for(gateway)
+    (event,) = [e for e in _events(gateway) if e["outcome"] == "0"]
+    assert "token-issued" in {c["code"] for c in event["subtype"]}
+    (agent,) = [a for a in event["agent"] if a["requestor"]]
+    assert agent["who"]["reference"] == "Organization/riverside-shelter"
+    assert agent["purposeOfUse"]
+
+
+def test_a_refused_token_request_is_audited_by_reason_never_with_the_assertion(
+    gateway: TestClient,
+) -> None:
+    forged = sign(claims(aud="https://elsewhere.example/token"), KEYS["riverside-shelter"])
+    oauth_error(ask(gateway, forged), 401, "invalid_client")
+    (event,) = _events(gateway)
+    assert event["outcome"] == "4"
+    assert event["outcomeDesc"].startswith("token:")
+    assert forged not in orjson.dumps(event).decode()
