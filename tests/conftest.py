@@ -55,7 +55,7 @@ def _truncate(engine: Engine) -> None:
         # The audit log is append-only for the application; a test starts with an empty one
         # the way only a database administrator could (bypassing the trigger).
         conn.execute(text("SET LOCAL session_replication_role = replica"))
-        conn.execute(text("TRUNCATE audit_log, audit_checkpoints"))
+        conn.execute(text("TRUNCATE audit_log, audit_index, audit_checkpoints"))
 
 
 def sqlite_engine(tmp_path: Path) -> Engine:

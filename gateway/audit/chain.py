@@ -50,6 +50,7 @@ from gateway.clock import Clock
 from gateway.errors import ServiceUnavailable
 from gateway.keys import AUDIT_PUBLIC_FILE, AUDIT_SIGNING_FILE
 from gateway.store.schema import audit_checkpoints as CP
+from gateway.store.schema import audit_index as AI
 from gateway.store.schema import audit_log as AL
 from gateway.store.searchparams import stamp
 
@@ -57,6 +58,32 @@ GENESIS = bytes(32)
 CHECKPOINT_CONTEXT = b"care-gateway audit checkpoint v1\n"
 # Any constant: the one lock every appender on PostgreSQL takes for its transaction.
 APPEND_LOCK = 0x6175646974  # "audit"
+
+
+def index_values(event: dict[str, Any]) -> list[tuple[str, str]]:
+    """The search values of one AuditEvent (R4 search parameters): ``patient`` (entities of
+    role 1), ``entity`` (every entity, with and without its version), ``agent`` (who.reference),
+    ``altid`` (the client id), ``type``, ``subtype``, ``outcome``, ``action``."""
+    out: list[tuple[str, str]] = []
+    for e in event.get("entity") or ():
+        ref = (e.get("what") or {}).get("reference")
+        if not isinstance(ref, str):
+            continue
+        out.append(("entity", ref))
+        if "/_history/" in ref:
+            out.append(("entity", ref.split("/_history/", 1)[0]))
+        if (e.get("role") or {}).get("code") == "1":
+            out.append(("patient", ref))
+    for a in event.get("agent") or ():
+        who = (a.get("who") or {}).get("reference")
+        if isinstance(who, str):
+            out.append(("agent", who))
+        if isinstance(a.get("altId"), str):
+            out.append(("altid", a["altId"]))
+    out.append(("type", str((event.get("type") or {}).get("code"))))
+    out += [("subtype", str(c.get("code"))) for c in event.get("subtype") or ()]
+    out += [("outcome", str(event.get("outcome"))), ("action", str(event.get("action")))]
+    return [(p, v[:255]) for p, v in dict.fromkeys(out)]
 
 
 def canonical_event(event: dict[str, Any]) -> bytes:
@@ -137,7 +164,8 @@ def public_key_path(keys_dir: Path) -> Path:
 
 @dataclass
 class _Batch:
-    events: list[tuple[str, bytes]] = field(default_factory=list)  # (recorded, canonical JSON)
+    # (recorded, canonical JSON, search values)
+    events: list[tuple[str, bytes, list[tuple[str, str]]]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     first_seq: int | None = None
     error: BaseException | None = None
@@ -173,7 +201,7 @@ class AuditChain:
         if not events:
             return []
         recorded = stamp(self._clock.now())
-        mine = [(recorded, canonical_event(e)) for e in events]
+        mine = [(recorded, canonical_event(e), index_values(e)) for e in events]
         with self._lock:
             batch = self._pending
             if batch is None:
@@ -210,7 +238,7 @@ class AuditChain:
             finally:
                 batch.done.set()
 
-    def _write(self, events: list[tuple[str, bytes]]) -> int:
+    def _write(self, events: list[tuple[str, bytes, list[tuple[str, str]]]]) -> int:
         with self._engine.connect() as conn:
             conn = conn.execution_options(gateway_write=True)
             with conn.begin():
@@ -222,9 +250,11 @@ class AuditChain:
                 seq, prev = (last.seq, bytes.fromhex(last.hash)) if last else (0, GENESIS)
                 first = seq + 1
                 rows = []
+                index = []
                 checkpoints = []
-                for recorded, event in events:
+                for recorded, event, values in events:
                     seq += 1
+                    index += [{"seq": seq, "param": p, "value": v} for p, v in values]
                     digest = chain_hash(prev, seq, recorded, event)
                     rows.append(
                         {
@@ -239,6 +269,8 @@ class AuditChain:
                     if seq % self._every == 0:
                         checkpoints.append(self._signer.sign(seq, digest.hex(), recorded))
                 conn.execute(insert(AL), rows)
+                if index:
+                    conn.execute(insert(AI), index)
                 self._store_checkpoints(conn, checkpoints)
         return first
 
@@ -301,6 +333,29 @@ class AuditChain:
             finally:
                 result.close()  # a server-side cursor left open warns (and holds the snapshot)
 
+    def search(self, query: AuditQuery) -> AuditPage:
+        """Events matching every criterion (values of one parameter OR-ed), newest first."""
+        where: list[Any] = []
+        for param, values in query.criteria:
+            where.append(
+                AL.c.seq.in_(
+                    select(AI.c.seq).where(AI.c.param == param, AI.c.value.in_(list(values)))
+                )
+            )
+        if query.recorded_from is not None:
+            where.append(AL.c.recorded >= query.recorded_from)
+        if query.recorded_to is not None:
+            where.append(AL.c.recorded <= query.recorded_to)
+        with self._engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(AL).where(*where)).scalar_one()
+            page = select(AL.c.seq, AL.c.event).where(*where)
+            if query.before_seq is not None:
+                page = page.where(AL.c.seq < query.before_seq)
+            rows = conn.execute(page.order_by(AL.c.seq.desc()).limit(query.count + 1)).all()
+        more = len(rows) > query.count
+        events = [(row.seq, orjson.loads(row.event)) for row in rows[: query.count]]
+        return AuditPage(events, total, events[-1][0] if more and events else None)
+
     def checkpoints(self) -> list[Checkpoint]:
         with self._engine.connect() as conn:
             return [
@@ -316,6 +371,22 @@ class AuditChain:
             return verify_chain(
                 rows, self.checkpoints(), public, external=_read_checkpoints(checkpoint_file)
             )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    criteria: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (param, values OR-ed), AND-ed
+    recorded_from: str | None = None  # stamps (searchparams.stamp), inclusive
+    recorded_to: str | None = None
+    count: int = 50
+    before_seq: int | None = None  # keyset paging, newest first
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    events: list[tuple[int, dict[str, Any]]]  # (seq, event), newest first
+    total: int
+    next_before: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

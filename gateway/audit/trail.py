@@ -12,13 +12,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from gateway.audit.chain import AuditPage, AuditQuery, index_values
 from gateway.audit.events import Activity
 from gateway.errors import ServiceUnavailable
+from gateway.store.searchparams import parse_date_range
+
+
+def _stamp(instant: str) -> str:
+    return parse_date_range(instant)[0] if instant else ""
 
 
 class AuditLog(Protocol):
     def append(self, events: Sequence[dict[str, Any]]) -> list[int]:
         """Commit the events; their sequence numbers. Raise ServiceUnavailable if not."""
+        ...
+
+    def search(self, query: AuditQuery) -> AuditPage:
+        """Events matching the query, newest first (compliance review)."""
         ...
 
 
@@ -48,3 +58,26 @@ class MemoryAuditLog:
         first = len(self.events) + 1
         self.events.extend(events)
         return list(range(first, first + len(events)))
+
+    def search(self, query: AuditQuery) -> AuditPage:
+        if self.failing:
+            raise ServiceUnavailable("the audit log cannot be read")
+        hits = [
+            (seq, event)
+            for seq, event in reversed(list(enumerate(self.events, start=1)))
+            if _matches(query, event)
+        ]
+        after = [(seq, e) for seq, e in hits if query.before_seq is None or seq < query.before_seq]
+        page = after[: query.count]
+        more = len(after) > query.count
+        return AuditPage(page, len(hits), page[-1][0] if more and page else None)
+
+
+def _matches(query: AuditQuery, event: dict[str, Any]) -> bool:
+    values = set(index_values(event))
+    if not all(any((p, v) in values for v in vs) for p, vs in query.criteria):
+        return False
+    recorded = _stamp(event.get("recorded", ""))
+    if query.recorded_from is not None and recorded < query.recorded_from:
+        return False
+    return query.recorded_to is None or recorded <= query.recorded_to

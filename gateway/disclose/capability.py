@@ -26,7 +26,25 @@ TYPE_INTERACTIONS = {
     ("GET", "/fhir/{resource_type}"): "search-type",
 }
 SYSTEM_INTERACTIONS = {("POST", "/fhir"): ("transaction", "batch")}
-OPERATIONS = {("GET", "/fhir/Consent/$explain"): ("Consent", "explain")}
+OPERATIONS = {
+    ("GET", "/fhir/Consent/$explain"): ("Consent", "explain"),
+    ("GET", "/fhir/Patient/{resource_id}/$accounting-of-disclosures"): (
+        "Patient",
+        "accounting-of-disclosures",
+    ),
+}
+AUDIT_SEARCH = ("GET", "/fhir/AuditEvent")
+AUDIT_PARAMS = (
+    ("patient", "reference", "The survivor whose data the event is about"),
+    ("agent", "reference", "The partner Organization that asked"),
+    ("altid", "token", "The partner's client id"),
+    ("entity", "reference", "A record the event names (with or without its version)"),
+    ("type", "token", "Event type (rest)"),
+    ("subtype", "token", "Interaction, or break-glass, consent-revoke, refused:…"),
+    ("outcome", "token", "0 disclosed, 4 refused"),
+    ("action", "token", "C R U D E"),
+    ("date", "date", "When the event was recorded"),
+)
 COMMON_SEARCH = (
     ("_id", "token", "Logical id of the resource"),
     ("_lastUpdated", "date", "When the resource version last changed"),
@@ -83,6 +101,17 @@ def capability_statement(settings: Settings, now: datetime, routes: Iterable[Bas
                 "searchRevInclude": revincludes,
                 "searchParam": params,
                 **({"operation": operations} if operations else {}),
+            }
+        )
+    if AUDIT_SEARCH in present:
+        resources.append(
+            {
+                "type": "AuditEvent",
+                "documentation": "The audit log, for the compliance office only; read-only.",
+                "interaction": [{"code": "search-type"}],
+                "searchParam": [
+                    {"name": n, "type": t, "documentation": d} for n, t, d in AUDIT_PARAMS
+                ],
             }
         )
     system = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +20,17 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
+from gateway.audit.chain import AuditPage
 from gateway.audit.events import REFUSED, Activity, Actor, audit_events
+from gateway.audit.review import (
+    REVIEWERS,
+    accounting,
+    accounting_query,
+    parse_audit_query,
+    require_reviewer,
+    reviewed,
+    searchset,
+)
 from gateway.consent.engine import Decision
 from gateway.consent.store import ConsentedStore
 from gateway.disclose.bundles import BundleProcessor
@@ -35,7 +46,15 @@ from gateway.disclose.interactions import (
     parse_if_match,
     parse_query_string,
 )
-from gateway.errors import BadRequest, GatewayError, Unauthorized, UnsupportedMediaType
+from gateway.disclose.scopes import ScopeGrant
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    Gone,
+    NotFound,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from gateway.ingest.validate import validate_resource
 from gateway.store.port import UnitOfWorkStore
 from gateway.store.searchparams import RESOURCE_TYPES
@@ -303,6 +322,56 @@ class FhirEndpoints:
         return to_response(Result(200, orjson.dumps(explanation(decision))), media)
 
     @audited
+    async def audit_search(self, request: Request) -> Response:
+        """``GET /fhir/AuditEvent``: the audit log, for the compliance office (gateway/audit)."""
+        ctx, store = await bind(request)
+        _review_allowed(request, store)
+        media = response_type(request)
+        params = list(request.query_params.multi_items())
+        query = parse_audit_query(
+            params,
+            default_count=ctx.settings.default_page_size,
+            max_count=ctx.settings.max_page_size,
+        )
+        page = await run_in_threadpool(ctx.audit.search, query)
+        store.trail.add(
+            Activity("search-type", "AuditEvent", disclosed=reviewed(page), query=urlencode(params))
+        )
+        bundle = searchset(page, base=ctx.settings.fhir_base, echo=params, now=ctx.clock.now())
+        return to_response(Result(200, orjson.dumps(bundle)), media)
+
+    @audited
+    async def accounting_of_disclosures(self, request: Request) -> Response:
+        """``GET /fhir/Patient/{id}/$accounting-of-disclosures[?_since&_until]``: who received
+        this survivor's data, when, what and why (45 CFR 164.528), for the compliance office
+        to give her."""
+        ctx, store = await bind(request)
+        _review_allowed(request, store)
+        media = response_type(request)
+        patient_id = request.path_params["resource_id"]
+        check_id(patient_id)
+        query = accounting_query(patient_id, list(request.query_params.multi_items()))
+        page = await run_in_threadpool(ctx.audit.search, query)
+        store.trail.add(
+            Activity(
+                "operation",
+                "Patient",
+                target=f"Patient/{patient_id}",
+                target_patient=patient_id,
+                subtypes=("accounting-of-disclosures",),
+            )
+        )
+        recipients = await ctx.call(_directory_entries, store, page)
+        bundle = accounting(
+            page,
+            patient_id=patient_id,
+            base=ctx.settings.fhir_base,
+            now=ctx.clock.now(),
+            recipients=recipients,
+        )
+        return to_response(Result(200, orjson.dumps(bundle)), media)
+
+    @audited
     async def batch_or_transaction(self, request: Request) -> Response:
         ctx, store = await bind(request)
         media = response_type(request)
@@ -313,12 +382,43 @@ class FhirEndpoints:
         return to_response(Result(200, body), media)
 
 
+def _review_allowed(request: Request, store: ConsentedStore) -> None:
+    requester = request.state.audited[0]
+    allowed = ScopeGrant.parse(requester.scopes).allows("AuditEvent", "search")
+    if requester.kind not in REVIEWERS or not allowed:
+        store.trail.add(
+            Activity("search-type", "AuditEvent", outcome=REFUSED, refusal="not-a-reviewer")
+        )
+    require_reviewer(requester.kind, allowed)
+
+
+def _directory_entries(store: ConsentedStore, page: AuditPage) -> dict[str, dict[str, Any]]:
+    """The recipients' directory Organizations (name, address), as the reviewer may read them."""
+    out: dict[str, dict[str, Any]] = {}
+    for _, event in page.events:
+        for agent in event.get("agent") or ():
+            ref = (agent.get("who") or {}).get("reference", "")
+            if agent.get("requestor") and ref.startswith("Organization/") and ref not in out:
+                try:
+                    out[ref] = orjson.loads(store.read("Organization", ref.split("/", 1)[1]).body)
+                except (NotFound, Gone):
+                    continue
+    return out
+
+
 def fhir_routes(interactions: Interactions, bundles: BundleProcessor) -> list[BaseRoute]:
     """The routes, most frequent first (Starlette matches in order)."""
     e = FhirEndpoints(interactions, bundles)
     instance = "/fhir/{resource_type}/{resource_id}"
     return [
         FhirRoute("/fhir/Consent/$explain", e.explain, methods=["GET"], interaction="operation"),
+        FhirRoute("/fhir/AuditEvent", e.audit_search, methods=["GET"], interaction="search-type"),
+        FhirRoute(
+            "/fhir/Patient/{resource_id}/$accounting-of-disclosures",
+            e.accounting_of_disclosures,
+            methods=["GET"],
+            interaction="operation",
+        ),
         FhirRoute(instance, e.read, methods=["GET"], interaction="read"),
         FhirRoute("/fhir/metadata", e.metadata, methods=["GET"], interaction=None),
         FhirRoute("/fhir/{resource_type}", e.search, methods=["GET"], interaction="search-type"),

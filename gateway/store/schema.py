@@ -7,6 +7,7 @@ migrations in ``migrations/`` create it, and a test holds the two in step.
 ``search_index``       search values of each *current* version, extracted at write time.
 ``token_replay``       client-assertion ``jti`` values already used, until they expire (auth).
 ``audit_log``          the hash-chained audit events (``gateway/audit``): append-only.
+``audit_index``        each event's search values (patient, agent, entity, type, subtype, outcome).
 ``audit_checkpoints``  signed (Ed25519) statements "the chain's hash at seq N was H".
 Timestamps are fixed-width UTC strings (``searchparams.stamp``), so ordering is textual and the
 same on both databases.
@@ -118,6 +119,16 @@ audit_log = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Index("ix_audit_log_recorded", "recorded"),
+)
+
+# Search values of each event (AuditEvent?patient=…&agent=…), written with it, in its transaction.
+audit_index = Table(
+    "audit_index",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("param", String(32), nullable=False),
+    Column("value", String(255), nullable=False),
+    Index("ix_audit_index_lookup", "param", "value", "seq"),
 )
 
 audit_checkpoints = Table(

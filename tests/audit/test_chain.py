@@ -69,7 +69,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     else:
         e = make_engine(request.getfixturevalue("postgres_audit_url"))
         with as_attacker(e) as conn:
-            conn.execute(text("TRUNCATE audit_log, audit_checkpoints"))
+            conn.execute(text("TRUNCATE audit_log, audit_index, audit_checkpoints"))
     yield e
     e.dispose()
 
@@ -257,7 +257,7 @@ def test_the_application_cannot_change_or_delete_events_on_postgresql(
 ) -> None:
     engine = make_engine(postgres_audit_url)
     with as_attacker(engine) as conn:
-        conn.execute(text("TRUNCATE audit_log, audit_checkpoints"))
+        conn.execute(text("TRUNCATE audit_log, audit_index, audit_checkpoints"))
     chain = AuditChain(engine, CheckpointSigner.from_keys_dir(keys), FrozenClock(START))
     chain.append([event(1)])
     for statement in (

@@ -478,8 +478,13 @@ def test_capability_statement_needs_no_token_and_lists_what_is_wired(anonymous: 
     types = {r["type"]: r for r in rest["resource"]}
     assert set(types) == {
         "Patient", "Organization", "CarePlan", "Consent", "ServiceRequest", "Task",
-        "EpisodeOfCare", "Provenance", "Subscription",
+        "EpisodeOfCare", "Provenance", "Subscription", "AuditEvent",
     }  # fmt: skip
+    assert [i["code"] for i in types["AuditEvent"]["interaction"]] == ["search-type"]
+    assert {"patient", "agent", "date", "outcome"} <= {
+        p["name"] for p in types["AuditEvent"]["searchParam"]
+    }
+    assert "accounting-of-disclosures" in {o["name"] for o in types["Patient"]["operation"]}
     interactions = {i["code"] for i in types["Patient"]["interaction"]}
     assert interactions == {
         "read", "vread", "update", "delete", "history-instance", "create", "search-type"

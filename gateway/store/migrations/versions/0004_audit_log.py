@@ -39,6 +39,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_log_recorded", "audit_log", ["recorded"])
     op.create_table(
+        "audit_index",
+        sa.Column("seq", SEQ, nullable=False),
+        sa.Column("param", sa.String(32), nullable=False),
+        sa.Column("value", sa.String(255), nullable=False),
+    )
+    op.create_index("ix_audit_index_lookup", "audit_index", ["param", "value", "seq"])
+    op.create_table(
         "audit_checkpoints",
         sa.Column("seq", SEQ, primary_key=True, autoincrement=False),
         sa.Column("hash", sa.String(64), nullable=False),
@@ -48,7 +55,7 @@ def upgrade() -> None:
     )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(REFUSE)
-        for table in ("audit_log", "audit_checkpoints"):
+        for table in ("audit_log", "audit_index", "audit_checkpoints"):
             op.execute(
                 f"CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table} "
                 "FOR EACH ROW EXECUTE FUNCTION audit_append_only()"
@@ -61,6 +68,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("audit_checkpoints")
+    op.drop_table("audit_index")
     op.drop_table("audit_log")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS audit_append_only()")
