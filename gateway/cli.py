@@ -117,6 +117,8 @@ def keys_rotate() -> None:
         ring = rotate_encryption_key(settings.keys_dir, SystemClock().now())
     except KeyMaterialError as exc:
         raise _fail(str(exc)) from exc
+    chain, _ = _audit_chain()
+    _audit_operator_action(chain, "key-rotation")
     console.print(f"active encryption key is now {ring.active} ({len(ring.key_ids)} keys)")
     console.print("run `gateway keys reencrypt` to move older rows to it")
 
@@ -200,6 +202,26 @@ def _audit_chain() -> tuple[AuditChain, Settings]:
     return chain, settings
 
 
+def _audit_operator_action(chain: AuditChain, action: str) -> None:
+    """An AuditEvent for something an operator did at the command line (key rotation, an
+    export of the log): the log records its own custodians too. Fails loudly (exit 1)."""
+    from gateway.audit.events import Activity, Actor, audit_events
+    from gateway.errors import ServiceUnavailable
+
+    settings = _settings()
+    actor = Actor(None, None, display=f"operator: gateway {action.replace('-', ' ')}")
+    events = audit_events(
+        Activity("operation", None, subtypes=(action,)),
+        actor,
+        SystemClock().now(),
+        source=settings.fhir_base,
+    )
+    try:
+        chain.append(events)
+    except ServiceUnavailable as exc:
+        raise _fail(f"the audit log could not record {action}: {exc}") from exc
+
+
 @audit_app.command("verify")
 def audit_verify(
     public_key: Annotated[
@@ -260,6 +282,7 @@ def audit_export(
     if output_format != "ndjson":
         raise _fail("--format must be ndjson")
     chain, _ = _audit_chain()
+    _audit_operator_action(chain, "audit-export")
     moment = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
     sink = output.open("wb") if output is not None else sys.stdout.buffer
     try:

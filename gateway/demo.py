@@ -13,7 +13,9 @@ SMART Backend Services token: it signs a client assertion with its own key and t
 5. the clinic registers her under its own record number and her HMIS PersonalID: its record is
    linked to the shelter's, which it may now see;
 6. legal aid, which the release does not name, still sees nothing;
-7. the release is revoked: the clinic's very next read is refused, and its search is empty.
+7. the release is revoked: the clinic's very next read is refused, and its search is empty;
+8. the compliance office gives the survivor her accounting of disclosures (who received her
+   data, when, what, why), and the audit chain is verified against its signed checkpoints.
 
 It exits 0 only if every step answered as the consent rules say it must.
 """
@@ -31,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.app import create_app
+from gateway.audit.chain import load_public_key, public_key_path
 from gateway.clock import SystemClock
 from gateway.keys import ENCRYPTION_FILE, init_keys
 from gateway.partners import (
@@ -193,8 +196,48 @@ async def _walkthrough(settings: Settings, directory: PartnerDirectory, console:
             "clinic", clinic, "tries to change the shelter's plan", "DELETE",
             f"/fhir/CarePlan/{ids['CarePlan']}", 404, lambda r: "absent",
         )  # fmt: skip
-    store.close()
+        compliance = await token("compliance-office", "system/AuditEvent.rs system/Organization.rs")
+        accounted = await call(
+            "compliance", compliance, "her accounting of disclosures", "GET",
+            f"/fhir/Patient/{patient}/$accounting-of-disclosures", 200,
+            lambda r: f"{len(_disclosures(r.json()))} disclosures",
+        )  # fmt: skip
     console.print(steps)
+    console.print(_accounting_table(accounted.json()))
+    chain = app.state.gateway.audit
+    chain.checkpoint()
+    verified = chain.verify(load_public_key(public_key_path(settings.keys_dir)))
+    store.close()
+    if not verified.ok:
+        raise DemoFailure(f"audit verify: {verified}")
+    if not _disclosures(accounted.json()):
+        raise DemoFailure("the accounting lists no disclosure to the clinic")
+    console.print(f"[green]audit verify:[/green] {verified}")
+
+
+def _disclosures(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "AuditEvent"]
+
+
+def _accounting_table(bundle: dict[str, Any]) -> Table:
+    """A survivor's accounting of disclosures (45 CFR 164.528), as she would be handed it."""
+    names = {
+        f"Organization/{e['resource']['id']}": e["resource"].get("name", "")
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Organization"
+    }
+    table = Table("when", "to", "what", "why", title="Accounting of disclosures")
+    for event in _disclosures(bundle):
+        agent = event["agent"][0]
+        recipient = agent["who"].get("reference", "")
+        what = ", ".join(
+            e["what"]["reference"].split("/")[0]
+            for e in event["entity"]
+            if e["role"]["code"] == "4"
+        )
+        why = ", ".join(p["coding"][0]["code"] for p in agent.get("purposeOfUse", []))
+        table.add_row(event["recorded"][:19], names.get(recipient) or recipient, what, why)
+    return table
 
 
 def _leaks(response: httpx.Response) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from gateway.cli import app
@@ -99,3 +100,59 @@ def test_db_reindex_rebuilds_every_resources_index(env: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "reindexed" in result.output
     assert runner.invoke(app, ["demo"]).exit_code == 0  # and the data still answers the same
+
+
+def test_audit_verify_passes_after_the_demo_and_names_the_seq_after_tampering(env: Path) -> None:
+    assert runner.invoke(app, ["demo"]).exit_code == 0
+    verified = runner.invoke(app, ["audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+    assert verified.output.startswith("verified ")
+    engine = create_engine(f"sqlite:///{env}/cli.db")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                """UPDATE audit_log SET event = replace(event, '"rest"', '"REST"') WHERE seq = 3"""
+            )
+        )
+    engine.dispose()
+    tampered = runner.invoke(app, ["audit", "verify"])
+    assert tampered.exit_code == 1
+    assert tampered.output.startswith("seq 3: event edited")
+
+
+def test_an_audit_export_verifies_offline_with_the_public_key_alone(env: Path) -> None:
+    assert runner.invoke(app, ["demo"]).exit_code == 0
+    assert runner.invoke(app, ["audit", "checkpoint"]).exit_code == 0
+    out = env / "audit.ndjson"
+    exported = runner.invoke(app, ["audit", "export", "--format", "ndjson", "--output", str(out)])
+    assert exported.exit_code == 0, exported.output
+    lines = out.read_bytes().splitlines()
+    assert any(b'"checkpoint"' in line for line in lines)
+    offline = runner.invoke(
+        app,
+        ["audit", "verify", "--export", str(out),
+         "--public-key", str(env / "keys" / "audit-signing-key.pub.pem")],
+    )  # fmt: skip
+    assert offline.exit_code == 0, offline.output
+    cut = env / "cut.ndjson"
+    cut.write_bytes(b"\n".join(lines[:2] + [line for line in lines if b'"checkpoint"' in line]))
+    truncated = runner.invoke(app, ["audit", "verify", "--export", str(cut)])
+    assert truncated.exit_code == 1
+    assert "truncated" in truncated.output
+    assert runner.invoke(app, ["audit", "export", "--format", "csv"]).exit_code == 1
+
+
+def test_key_rotation_and_audit_exports_are_themselves_audited(env: Path) -> None:
+    assert runner.invoke(app, ["keys", "init"]).exit_code == 0
+    assert runner.invoke(app, ["keys", "rotate"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["audit", "export", "--output", str(env / "out.ndjson")]).exit_code == 0
+    )
+    engine = create_engine(f"sqlite:///{env}/cli.db")
+    with engine.connect() as conn:
+        events = [row[0] for row in conn.execute(text("SELECT event FROM audit_log ORDER BY seq"))]
+    engine.dispose()
+    assert len(events) == 2
+    assert '"key-rotation"' in events[0]
+    assert '"audit-export"' in events[1]
+    assert "operator: gateway key rotation" in events[0]

@@ -77,6 +77,7 @@ class Actor:
     purposes: tuple[str, ...] = ()
     address: str | None = None
     names: dict[str, str] = field(default_factory=dict, compare=False)
+    display: str = "unauthenticated client"  # who, when there is no partner Organization
 
 
 def audit_events(
@@ -128,7 +129,7 @@ def _event(
         if name:
             requestor["who"]["display"] = name
     else:
-        requestor["who"] = {"display": "unauthenticated client"}
+        requestor["who"] = {"display": actor.display}
     if actor.partner_id:
         requestor["altId"] = actor.partner_id
     if actor.purposes:
