@@ -126,6 +126,7 @@ def create_app(
         if tokens is not None:
             await ctx.call(ensure_organizations, the_store, tokens.directory)
         yield
+        ctx.audit.close()
         the_store.close()
 
     app = FastAPI(

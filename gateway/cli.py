@@ -119,6 +119,7 @@ def keys_rotate() -> None:
         raise _fail(str(exc)) from exc
     chain, _ = _audit_chain()
     _audit_operator_action(chain, "key-rotation")
+    chain.close()
     console.print(f"active encryption key is now {ring.active} ({len(ring.key_ids)} keys)")
     console.print("run `gateway keys reencrypt` to move older rows to it")
 
@@ -263,6 +264,7 @@ def audit_checkpoint() -> None:
     """Sign the chain's current head now (also done every AUDIT_CHECKPOINT_EVERY events)."""
     chain, _ = _audit_chain()
     signed = chain.checkpoint()
+    chain.close()
     typer.echo("the audit log is empty" if signed is None else f"signed seq {signed.seq}")
 
 
@@ -289,6 +291,7 @@ def audit_export(
         for line in export_lines(chain, since=moment):
             sink.write(line + b"\n")
     finally:
+        chain.close()
         if output is not None:
             sink.close()
 

@@ -207,6 +207,7 @@ async def _walkthrough(settings: Settings, directory: PartnerDirectory, console:
     chain = app.state.gateway.audit
     chain.checkpoint()
     verified = chain.verify(load_public_key(public_key_path(settings.keys_dir)))
+    chain.close()
     store.close()
     if not verified.ok:
         raise DemoFailure(f"audit verify: {verified}")

@@ -30,7 +30,9 @@ with the chain), truncated (a checkpoint beyond the end of the log), or a bad si
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import os
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
@@ -43,8 +45,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from sqlalchemy import Engine, func, insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, func, select
 
 from gateway.clock import Clock
 from gateway.errors import ServiceUnavailable
@@ -116,6 +117,9 @@ class Checkpoint:
     key_id: str
     signature: str  # base64
 
+    def row(self) -> tuple[int, str, str, str, str]:
+        return (self.seq, self.hash, self.signed_at, self.key_id, self.signature)
+
     def as_json(self) -> bytes:
         return orjson.dumps(
             {
@@ -162,6 +166,37 @@ def public_key_path(keys_dir: Path) -> Path:
     return keys_dir / AUDIT_PUBLIC_FILE
 
 
+@dataclass(frozen=True, slots=True)
+class _ChainSql:
+    """The append path's statements, in the driver's placeholder style (values are parameters)."""
+
+    lock: str
+    head: str
+    insert_rows: str
+    insert_index: str
+    insert_checkpoint: str
+
+    @classmethod
+    def for_paramstyle(cls, paramstyle: str) -> _ChainSql:
+        mark = "?" if paramstyle == "qmark" else "%s"
+        return cls(
+            lock=f"SELECT pg_advisory_xact_lock({mark})",
+            head="SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            insert_rows=(
+                "INSERT INTO audit_log (seq, recorded, event, prev_hash, hash) "  # noqa: S608
+                f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark})"
+            ),
+            insert_index=(
+                "INSERT INTO audit_index (seq, param, value) "  # noqa: S608
+                f"VALUES ({mark}, {mark}, {mark})"
+            ),
+            insert_checkpoint=(
+                "INSERT INTO audit_checkpoints (seq, hash, signed_at, key_id, signature) "  # noqa: S608
+                f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark})"
+            ),
+        )
+
+
 @dataclass
 class _Batch:
     # (recorded, canonical JSON, search values)
@@ -189,9 +224,11 @@ class AuditChain:
         self._every = checkpoint_every
         self._file = checkpoint_file
         self._postgres = engine.dialect.name == "postgresql"
+        self._sql = _ChainSql.for_paramstyle(engine.dialect.paramstyle)
         self._lock = threading.Lock()
         self._pending: _Batch | None = None
         self._leading = False
+        self._writer: Any = None  # the leader's driver connection
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -233,68 +270,87 @@ class AuditChain:
                     return
             try:
                 batch.first_seq = self._write(batch.events)
-            except (SQLAlchemyError, OSError) as exc:
+            except Exception as exc:
                 batch.error = exc
             finally:
                 batch.done.set()
 
     def _write(self, events: list[tuple[str, bytes, list[tuple[str, str]]]]) -> int:
-        with self._engine.connect() as conn:
-            conn = conn.execution_options(gateway_write=True)
-            with conn.begin():
-                if self._postgres:
-                    conn.execute(select(func.pg_advisory_xact_lock(APPEND_LOCK)))
-                last = conn.execute(
-                    select(AL.c.seq, AL.c.hash).order_by(AL.c.seq.desc()).limit(1)
-                ).first()
-                seq, prev = (last.seq, bytes.fromhex(last.hash)) if last else (0, GENESIS)
-                first = seq + 1
-                rows = []
-                index = []
-                checkpoints = []
-                for recorded, event, values in events:
-                    seq += 1
-                    index += [{"seq": seq, "param": p, "value": v} for p, v in values]
-                    digest = chain_hash(prev, seq, recorded, event)
-                    rows.append(
-                        {
-                            "seq": seq,
-                            "recorded": recorded,
-                            "event": event.decode(),
-                            "prev_hash": prev.hex(),
-                            "hash": digest.hex(),
-                        }
-                    )
-                    prev = digest
-                    if seq % self._every == 0:
-                        checkpoints.append(self._signer.sign(seq, digest.hex(), recorded))
-                conn.execute(insert(AL), rows)
-                if index:
-                    conn.execute(insert(AI), index)
-                self._store_checkpoints(conn, checkpoints)
+        """One transaction: lock the chain, read its head, chain and insert the batch (rows,
+        index values, any checkpoint due). Only the leader writes, so it keeps one driver
+        connection of its own and sends the statements straight to it: a pool checkout and
+        SQLAlchemy's statement handling cost more than the database's own work (measured)."""
+        dbapi = self._engine.dialect.dbapi
+        assert dbapi is not None
+        conn = self._writer or self._connect_writer()
+        sql = self._sql
+        try:
+            cur = conn.cursor()
+            if self._postgres:
+                cur.execute(sql.lock, (APPEND_LOCK,))
+            else:
+                cur.execute("BEGIN IMMEDIATE")
+            cur.execute(sql.head)
+            last = cur.fetchone()
+            seq, prev = (int(last[0]), bytes.fromhex(last[1])) if last else (0, GENESIS)
+            first = seq + 1
+            rows: list[tuple[Any, ...]] = []
+            index: list[tuple[Any, ...]] = []
+            checkpoints = []
+            for recorded, event, values in events:
+                seq += 1
+                digest = chain_hash(prev, seq, recorded, event)
+                rows.append((seq, recorded, event.decode(), prev.hex(), digest.hex()))
+                index += [(seq, p, v) for p, v in values]
+                prev = digest
+                if seq % self._every == 0:
+                    checkpoints.append(self._signer.sign(seq, digest.hex(), recorded))
+            cur.executemany(sql.insert_rows, rows)
+            if index:
+                cur.executemany(sql.insert_index, index)
+            if checkpoints:
+                cur.executemany(sql.insert_checkpoint, [c.row() for c in checkpoints])
+                self._write_checkpoint_file(checkpoints)
+            conn.commit()
+            cur.close()
+        except (dbapi.Error, OSError):
+            self._drop_writer()
+            raise
         return first
+
+    def _connect_writer(self) -> Any:
+        fairy = self._engine.raw_connection()
+        fairy.detach()  # owned by the chain, outside the pool
+        conn = fairy.dbapi_connection
+        self._writer = conn
+        return conn
+
+    def _drop_writer(self) -> None:
+        conn, self._writer = self._writer, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_writer()
 
     def _store_checkpoints(self, conn: Any, checkpoints: list[Checkpoint]) -> None:
         if not checkpoints:
             return
-        conn.execute(
-            insert(CP),
-            [
-                {
-                    "seq": c.seq,
-                    "hash": c.hash,
-                    "signed_at": c.signed_at,
-                    "key_id": c.key_id,
-                    "signature": c.signature,
-                }
-                for c in checkpoints
-            ],
-        )
+        conn.exec_driver_sql(self._sql.insert_checkpoint, [c.row() for c in checkpoints])
+        self._write_checkpoint_file(checkpoints)
+
+    def _write_checkpoint_file(self, checkpoints: list[Checkpoint]) -> None:
         if self._file is not None:
             # Inside the transaction: if the file cannot be written, nothing is committed.
             with self._file.open("ab") as fh:
                 for c in checkpoints:
                     fh.write(c.as_json() + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
 
     def checkpoint(self) -> Checkpoint | None:
         """Sign the chain's current head now (None for an empty log)."""

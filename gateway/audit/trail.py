@@ -31,6 +31,10 @@ class AuditLog(Protocol):
         """Events matching the query, newest first (compliance review)."""
         ...
 
+    def close(self) -> None:
+        """Release connections (the app's shutdown)."""
+        ...
+
 
 class AuditTrail:
     """The activities of one request, in order."""
@@ -58,6 +62,9 @@ class MemoryAuditLog:
         first = len(self.events) + 1
         self.events.extend(events)
         return list(range(first, first + len(events)))
+
+    def close(self) -> None:
+        return None
 
     def search(self, query: AuditQuery) -> AuditPage:
         if self.failing:

@@ -99,14 +99,16 @@ def keys(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def chain(engine: Engine, keys: Path, tmp_path: Path) -> AuditChain:
-    return AuditChain(
+def chain(engine: Engine, keys: Path, tmp_path: Path) -> Iterator[AuditChain]:
+    chain = AuditChain(
         engine,
         CheckpointSigner.from_keys_dir(keys),
         FrozenClock(START),
         checkpoint_every=EVERY,
         checkpoint_file=tmp_path / "checkpoints.jsonl",
     )
+    yield chain
+    chain.close()
 
 
 @pytest.fixture
@@ -268,6 +270,7 @@ def test_the_application_cannot_change_or_delete_events_on_postgresql(
         with engine.begin() as conn, pytest.raises(DBAPIError, match="append-only"):
             conn.execute(text(statement))
     assert len(list(chain.rows())) == 1
+    chain.close()
     engine.dispose()
 
 
@@ -320,6 +323,7 @@ def test_two_gateways_on_one_database_share_one_chain(
         t.start()
     for t in threads:
         t.join()
+    other.close()
     other_engine.dispose()
     result = chain.verify(public)
     assert result.ok, result
@@ -331,4 +335,5 @@ def test_an_unwritable_log_fails_closed(keys: Path, tmp_path: Path) -> None:
     chain = AuditChain(engine, CheckpointSigner.from_keys_dir(keys), FrozenClock(START))
     with pytest.raises(ServiceUnavailable):
         chain.append([event(1)])
+    chain.close()
     engine.dispose()
