@@ -191,7 +191,7 @@ class ConsentedSession:
     def _visible(self, stored: StoredResource) -> bool:
         return self._visibility.admits(stored.resource_type, stored.contributor)
 
-    def _require_own(self, resource_type: str, resource_id: str) -> None:
+    def _require_own(self, resource_type: str, resource_id: str, interaction: str) -> None:
         """A record is changed only by the partner that contributed it. One the requester cannot
         see is answered as if it were absent; one it can see (a directory entry, a consented
         record) but did not contribute is refused."""
@@ -203,7 +203,6 @@ class ConsentedSession:
             return
         if current.contributor == self._requester.partner_id:
             return
-        interaction = "delete" if current.deleted else "update"
         released, decision = self._release_decided(current, "read")
         if released is None:
             self._refused(interaction, resource_type, decision.rule, current)
@@ -577,20 +576,20 @@ class ConsentedSession:
         self._wrote("create", stored)
         return stored
 
-    def _wrote(self, interaction: str, stored: StoredResource) -> None:
+    def _wrote(
+        self, interaction: str, stored: StoredResource, *, patient: str | None = None
+    ) -> None:
         subtypes: tuple[str, ...] = ()
         if stored.resource_type == "Consent":
             revoked = interaction == "delete" or (
                 stored.body and orjson.loads(stored.body).get("status") != "active"
             )
             subtypes = ("consent-revoke",) if revoked else (f"consent-{interaction}",)
+        written = self._disclosed(stored, CONTRIBUTOR)
+        if patient is not None:
+            written = replace(written, patient_id=patient)
         self._trail.add(
-            Activity(
-                interaction,
-                stored.resource_type,
-                disclosed=(self._disclosed(stored, CONTRIBUTOR),),
-                subtypes=subtypes,
-            )
+            Activity(interaction, stored.resource_type, disclosed=(written,), subtypes=subtypes)
         )
 
     def update(
@@ -604,7 +603,7 @@ class ConsentedSession:
     ) -> tuple[StoredResource, bool]:
         del contributor
         self._allow(resource_type, "update")
-        self._require_own(resource_type, resource_id)
+        self._require_own(resource_type, resource_id, "update")
         self._check_consent_write(resource)
         stored, created = self._raw.update(
             resource_type,
@@ -618,12 +617,17 @@ class ConsentedSession:
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         self._allow(resource_type, "delete")
-        self._require_own(resource_type, resource_id)
+        self._require_own(resource_type, resource_id, "delete")
         if resource_type == "Consent":
             self._consents.clear()
+        try:
+            # The marker has no body: the event names the patient of what was deleted.
+            patient = patient_of(orjson.loads(self._raw.read(resource_type, resource_id).body))
+        except (NotFound, Gone):
+            patient = None
         marker = self._raw.delete(resource_type, resource_id)
         if marker is not None:
-            self._wrote("delete", marker)
+            self._wrote("delete", marker, patient=patient)
         return marker
 
     def write_many(
@@ -633,7 +637,7 @@ class ConsentedSession:
         for resource in resources:
             self._allow(resource["resourceType"], "update" if resource.get("id") else "create")
             if resource.get("id"):
-                self._require_own(resource["resourceType"], resource["id"])
+                self._require_own(resource["resourceType"], resource["id"], "update")
             self._check_consent_write(resource)
         written = self._raw.write_many(
             [self._labelled(r) for r in resources], contributor=self._requester.partner_id

@@ -300,3 +300,89 @@ def test_every_route_that_returns_survivor_data_writes_an_event_first(
                 named = [r for e in new_events(shelter, before) for r in entities(e, "1")]
                 assert f"Patient/{shelter_record['patient']}" in named, (method, path)
     assert walked >= 6
+
+
+# -- exactly the expected events, interaction by interaction ------------------------------------
+
+P = "patient"  # the event names the survivor (entity role 1)
+ROWS = [
+    # (who, method, url, body, expected [(interaction, outcome, names the survivor)])
+    ("shelter", "GET", "/fhir/Patient/{patient}", None, [("read", "0", P)]),
+    ("shelter", "GET", "/fhir/Patient/{patient}/_history/1", None, [("vread", "0", P)]),
+    ("shelter", "GET", "/fhir/Patient/{patient}/_history", None, [("history-instance", "0", P)]),
+    ("shelter", "GET", "/fhir/CarePlan?patient={patient}", None, [("search-type", "0", P)]),
+    ("shelter", "POST", "/fhir/CarePlan/_search", "patient={patient}", [("search-type", "0", P)]),
+    ("clinic", "GET", "/fhir/CarePlan/{plan}", None, [("read", "0", P)]),
+    ("legal-aid", "GET", "/fhir/CarePlan/{plan}", None, [("read", "4", P)]),
+    ("shelter", "POST", "/fhir/ServiceRequest", "referral", [("create", "0", P)]),
+    ("shelter", "PUT", "/fhir/Task/{task}", "task", [("update", "0", P)]),
+    ("shelter", "DELETE", "/fhir/Task/{task}", None, [("delete", "0", P)]),
+    ("clinic", "DELETE", "/fhir/Task/{task}", None, [("delete", "4", P)]),
+    ("shelter", "POST", "/fhir", "batch", [("read", "0", P), ("search-type", "0", P)]),
+    ("compliance", "GET", "/fhir/Consent/$explain?partner=harbor-clinic&resource=CarePlan/{plan}",
+     None, [("operation", "0", P)]),
+    ("compliance", "GET", "/fhir/AuditEvent?patient={patient}", None, [("search-type", "0", P)]),
+    ("compliance", "GET", "/fhir/Patient/{patient}/$accounting-of-disclosures", None,
+     [("operation", "0", P)]),
+    ("narrow", "GET", "/fhir/Patient", None, [("search-type", "4", None)]),
+    ("clinic", "GET", "/fhir/AuditEvent", None, [("search-type", "4", None)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("who", "method", "url", "body", "expected"), ROWS)
+def test_each_interaction_writes_exactly_the_expected_events(
+    settings: Settings,
+    sql_store: SqlStore,
+    clock: FrozenClock,
+    shelter: TestClient,
+    shelter_record: dict[str, str],
+    who: str,
+    method: str,
+    url: str,
+    body: str | None,
+    expected: list[tuple[str, str, str | None]],
+) -> None:
+    post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"]))
+    target = url.format(**shelter_record)
+    task_doc = shelter.get(f"/fhir/Task/{shelter_record['task']}").json()
+    contents: dict[str | None, tuple[bytes | None, str]] = {
+        None: (None, "application/fhir+json"),
+        "referral": (orjson.dumps(referral(shelter_record["patient"])), "application/fhir+json"),
+        "task": (orjson.dumps({**task_doc, "status": "accepted"}), "application/fhir+json"),
+        "batch": (orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": f"Patient/{shelter_record['patient']}"}},
+            {"request": {"method": "GET", "url": f"Task?patient={shelter_record['patient']}"}}]}),
+            "application/fhir+json"),
+    }  # fmt: skip
+    content, media = contents.get(body, (None, ""))
+    if body and body.startswith("patient="):
+        content, media = body.format(**shelter_record).encode(), "application/x-www-form-urlencoded"
+    clients = {
+        "clinic": ("harbor-clinic", "clinic", ALL, ("TREAT",)),
+        "legal-aid": ("northside-legal-aid", "legal-aid", ALL, ("HLEGAL",)),
+        "compliance": ("compliance-office", "compliance",
+                       ("system/AuditEvent.rs", "system/Consent.rs", "system/Organization.rs"),
+                       ("HCOMPL",)),
+        "narrow": ("harbor-clinic", "clinic", ("system/CarePlan.rs",), ("TREAT",)),
+    }  # fmt: skip
+    if who == "shelter":
+        client = shelter
+        before = len(audit_log(shelter))
+        response = client.request(method, target, content=content, headers={"Content-Type": media})
+    else:
+        partner, kind, scopes, purposes = clients[who]
+        with partner_client(settings, sql_store, clock, partner, kind, scopes, purposes) as client:
+            before = len(audit_log(client))
+            response = client.request(
+                method, target, content=content, headers={"Content-Type": media}
+            )
+    assert response.status_code < 500, response.text
+    got = [
+        (
+            next(c["code"] for c in e["subtype"] if c["system"] == INTERACTION),
+            e["outcome"],
+            P if entities(e, "1") == [f"Patient/{shelter_record['patient']}"] else None,
+        )
+        for e in new_events(shelter, before)
+    ]
+    assert got == expected
