@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import threading
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.databases import add_postgres_options, bench_postgres_url
 from gateway.app import create_app
 from gateway.audit.chain import (
     AuditChain,
@@ -197,26 +197,6 @@ def bench_read(tmp: Path, keys: Path, reads: int, in_flight: int) -> tuple[str, 
     return rate(reads, best["audited"]), rate(reads, best["unaudited"]), f"{ratio:.2f}x"
 
 
-def postgres_url(args: argparse.Namespace) -> str | None:
-    if args.no_postgres:
-        return None
-    base = args.postgres_url or os.environ.get(
-        "GATEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
-    try:
-        import psycopg
-        from sqlalchemy.engine import make_url
-
-        admin = make_url(base).set(drivername="postgresql", database="postgres")
-        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as c:
-            if not c.execute("SELECT 1 FROM pg_database WHERE datname = 'bench'").fetchone():
-                c.execute("CREATE DATABASE bench")
-        return make_url(base).set(database="bench").render_as_string(hide_password=False)
-    except Exception as exc:
-        print(f"PostgreSQL skipped: {type(exc).__name__}")
-        return None
-
-
 def verdict(value: str, target: float) -> str:
     number = float(value.rstrip("x").replace(",", ""))
     return "[green]✓[/]" if number >= target else "[red]✗[/]"
@@ -226,8 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="events appended in batches")
     parser.add_argument("--reads", type=int, default=2_000, help="reads per timing round")
-    parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--postgres-url")
+    add_postgres_options(parser)
     args = parser.parse_args()
     console = Console()
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -242,7 +221,7 @@ def main() -> None:
         for column in columns:
             table.add_column(column, justify="right")
         backends = [("SQLite", f"sqlite:///{tmp}/audit.db")]
-        pg = postgres_url(args)
+        pg = bench_postgres_url(args)
         if pg:
             backends.append(("PostgreSQL", pg))
         for label, url in backends:

@@ -26,7 +26,6 @@ locations obligation). Target: released ≤ 1.3x unfiltered. Nothing here assert
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import timeit
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.databases import add_postgres_options, bench_postgres_url
 from gateway.consent.engine import AccessRequest, ResourceFacts, decide
 from gateway.consent.model import ParsedConsent, parse_consent
 from gateway.consent.policy import load_policy
@@ -306,36 +306,14 @@ def search_table(number: int, postgres: str | None) -> None:
     Console().print(table)
 
 
-def postgres_url(args: argparse.Namespace) -> str | None:
-    """A dedicated ``bench`` database on the server the tests use (never the test data)."""
-    if args.no_postgres:
-        return None
-    base = args.postgres_url or os.environ.get(
-        "GATEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
-    try:
-        import psycopg
-        from sqlalchemy.engine import make_url
-
-        admin = make_url(base).set(drivername="postgresql", database="postgres")
-        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as c:
-            if not c.execute("SELECT 1 FROM pg_database WHERE datname = 'bench'").fetchone():
-                c.execute("CREATE DATABASE bench")
-        return make_url(base).set(database="bench").render_as_string(hide_password=False)
-    except Exception as exc:
-        print(f"PostgreSQL skipped: {type(exc).__name__}")
-        return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--number", type=int, default=20000, help="decides per timing run")
     parser.add_argument("--searches", type=int, default=20, help="searches per timing run")
-    parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--postgres-url")
+    add_postgres_options(parser)
     args = parser.parse_args()
     bench_decide(args.number)
-    search_table(args.searches, postgres_url(args))
+    search_table(args.searches, bench_postgres_url(args))
 
 
 if __name__ == "__main__":

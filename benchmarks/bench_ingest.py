@@ -35,14 +35,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, benchmarks
 
-import psycopg
-from psycopg import sql
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 
+from benchmarks.databases import add_postgres_options, bench_postgres_url
 from benchmarks.fhir_data import mixed_resources
 from gateway.clock import SystemClock
 from gateway.ingest.batch import BatchIngest
@@ -53,8 +52,6 @@ from gateway.store.schema import resources as resources_table
 from gateway.store.searchparams import RESOURCE_TYPES
 from gateway.store.sql import SqlStore
 
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-BENCH_DATABASE = "bench"
 SQLITE_TARGET = 2000.0  # resources/s, validation included
 
 
@@ -142,28 +139,9 @@ def sqlite_backend(tmp: Path) -> Backend:
     return Backend("SQLite (file, WAL)", fresh)
 
 
-def postgres_url(args: argparse.Namespace) -> str | None:
-    if args.no_postgres:
-        return None
-    return args.postgres_url or os.environ.get("GATEWAY_TEST_POSTGRES_URL") or DEFAULT_POSTGRES
-
-
-def postgres_backend(url: str, console: Console) -> Backend | None:
-    """The ``bench`` database on the server of ``url``, created if missing. None (with a note)
-    when the server cannot be reached."""
-    admin = make_url(url)
-    conninfo = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DATABASE,)
-            ).fetchone()
-            if exists is None:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DATABASE)))
-    except psycopg.OperationalError as exc:
-        console.print(f"[yellow]PostgreSQL not reachable, skipped:[/yellow] {type(exc).__name__}")
-        return None
-    bench_url = admin.set(database=BENCH_DATABASE).render_as_string(hide_password=False)
+def postgres_backend(bench_url: str) -> Backend:
+    """The dedicated ``bench`` database (``databases.bench_postgres_url``), emptied per path."""
+    admin = make_url(bench_url)
 
     @contextmanager
     def fresh(_path: str) -> Iterator[Engine]:
@@ -175,7 +153,7 @@ def postgres_backend(url: str, console: Console) -> Backend | None:
         finally:
             engine.dispose()
 
-    return Backend(f"PostgreSQL ({admin.host}:{admin.port}/{BENCH_DATABASE})", fresh)
+    return Backend(f"PostgreSQL ({admin.host}:{admin.port}/{admin.database})", fresh)
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -217,12 +195,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=10_000, help="resources to ingest")
     parser.add_argument("--batch", type=int, default=500, help="resources per write_many")
-    parser.add_argument(
-        "--postgres-url",
-        help=f"default: $GATEWAY_TEST_POSTGRES_URL or {DEFAULT_POSTGRES}; "
-        f"only its server is used, through a dedicated '{BENCH_DATABASE}' database",
-    )
-    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    add_postgres_options(parser)
     parser.add_argument(
         "--workers",
         type=int,
@@ -249,9 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(none)", "validation only", len(docs), validate_only(docs, args.batch, console)
         )
         backends = [sqlite_backend(tmp)]
-        url = postgres_url(args)
-        if url is not None and (pg := postgres_backend(url, console)) is not None:
-            backends.append(pg)
+        url = bench_postgres_url(args)
+        if url is not None:
+            backends.append(postgres_backend(url))
         results: list[Measured] = []
         paths: list[tuple[str, int | None]] = [
             ("store only", None),

@@ -4,6 +4,7 @@ server runs under granian."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -124,6 +125,14 @@ def keys_rotate() -> None:
     console.print("run `gateway keys reencrypt` to move older rows to it")
 
 
+def _in_batches(label: str, total: int, batches: Iterator[int]) -> None:
+    """Run a batched job with a progress bar (each batch yields how many rows it did)."""
+    with Progress(console=console) as progress:
+        task = progress.add_task(label, total=total)
+        for done in batches:
+            progress.advance(task, done)
+
+
 def _keyed_store() -> tuple[SqlStore, FileKeyRing]:
     """The store at DATABASE_URL with the key ring: for commands that decrypt every row."""
     from gateway.store.sql import SqlStore
@@ -145,10 +154,7 @@ def keys_reencrypt(
     """Re-encrypt every stored version under the active key."""
     store, keys = _keyed_store()
     pending = sum(n for k, n in store.count_by_key().items() if k != keys.current().active)
-    with Progress(console=console) as progress:
-        task = progress.add_task("re-encrypting", total=pending)
-        for done in store.reencrypt(batch):
-            progress.advance(task, done)
+    _in_batches("re-encrypting", pending, store.reencrypt(batch))
     console.print(f"re-encrypted {pending} versions under {keys.current().active}")
     store.close()
 
@@ -175,10 +181,7 @@ def db_reindex(
     """
     store, _ = _keyed_store()
     total = store.count_live()
-    with Progress(console=console) as progress:
-        task = progress.add_task("reindexing", total=total)
-        for done in store.reindex(batch):
-            progress.advance(task, done)
+    _in_batches("reindexing", total, store.reindex(batch))
     console.print(f"reindexed {total} resources")
     store.close()
 
