@@ -16,10 +16,9 @@ from gateway.app import create_app
 from gateway.audit.chain import load_public_key, public_key_path
 from gateway.audit.trail import MemoryAuditLog
 from gateway.clock import FrozenClock
-from gateway.disclose.deps import Requester, fixed_requester
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
-from tests.support.network import ALL, BASE, FHIR, KINDS, partner_client, post, release_consent
+from tests.support.network import ALL, BASE, FHIR, partner_client, post, release_consent
 from tests.support.records import care_plan, patient, referral
 
 INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -223,16 +222,10 @@ def test_every_interaction_of_a_bundle_is_audited(
 @pytest.fixture
 def unaudited(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
     """The shelter, on an app whose audit log cannot be written (a full disk, a lost link)."""
-    requester = Requester("riverside-shelter", "shelter", "Organization/riverside-shelter", ALL)
-    app = create_app(
-        settings,
-        store=sql_store,
-        clock=clock,
-        authenticate=fixed_requester(requester),
-        partner_kinds=KINDS,
+    with partner_client(
+        settings, sql_store, clock, "riverside-shelter", "shelter",
         audit=MemoryAuditLog(failing=True),
-    )
-    with TestClient(app, base_url=BASE) as client:
+    ) as client:  # fmt: skip
         yield client
 
 

@@ -9,7 +9,7 @@ import orjson
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.audit.trail import MemoryAuditLog
+from gateway.audit.trail import AuditLog, MemoryAuditLog
 from gateway.clock import FrozenClock
 from gateway.disclose.deps import Requester, fixed_requester
 from gateway.settings import Settings
@@ -36,16 +36,18 @@ def partner_client(
     kind: str,
     scopes: tuple[str, ...] = ALL,
     purposes: tuple[str, ...] = ("TREAT",),
+    audit: AuditLog | None = None,
 ) -> TestClient:
     requester = Requester(partner_id, kind, f"Organization/{partner_id}", scopes, purposes)
+    if audit is None and not isinstance(store, SqlStore):
+        audit = MemoryAuditLog()  # the SQL stores audit to the real chain in their own database
     app = create_app(
         settings,
         store=store,
         clock=clock,
         authenticate=fixed_requester(requester),
         partner_kinds=KINDS,
-        # The SQL stores audit to the real chain in their own database; the memory twin to its.
-        audit=None if isinstance(store, SqlStore) else MemoryAuditLog(),
+        audit=audit,
     )
     return TestClient(app, base_url=BASE)
 
