@@ -18,7 +18,15 @@ from gateway.audit.trail import MemoryAuditLog
 from gateway.clock import FrozenClock
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
-from tests.support.network import ALL, BASE, FHIR, partner_client, post, release_consent
+from tests.support.network import (
+    ALL,
+    BASE,
+    FHIR,
+    partner_client,
+    post,
+    reading_requests,
+    release_consent,
+)
 from tests.support.records import care_plan, patient, referral
 
 INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -266,32 +274,20 @@ def test_every_route_that_returns_survivor_data_writes_an_event_first(
     survivor's data must have written at least one AuditEvent naming the record. A route added
     later that discloses without auditing fails here."""
     walked = 0
-    for route in shelter.app.routes:  # type: ignore[attr-defined]
-        path, methods = getattr(route, "path", None), getattr(route, "methods", None) or set()
-        if not isinstance(path, str) or not path.startswith("/fhir"):
+    for method, path, url, body, headers in reading_requests(
+        shelter.app.routes,  # type: ignore[attr-defined]
+        "Patient",
+        shelter_record["patient"],
+        skip=("DELETE",),  # writes are audited by the Consent story above
+    ):
+        if not path.startswith("/fhir"):
             continue
-        url = (
-            path.replace("{resource_type}", "Patient")
-            .replace("{resource_id}", shelter_record["patient"])
-            .replace("{version_id}", "1")
-        )
-        for method in sorted(methods - {"HEAD"}):
-            body: bytes | None = None
-            headers = dict(FHIR)
-            if url.endswith("_search"):
-                body = f"_id={shelter_record['patient']}".encode()
-                headers = {"Content-Type": "application/x-www-form-urlencoded"}
-            elif method == "POST" and url.rstrip("/") == "/fhir":
-                read = {"request": {"method": "GET", "url": f"Patient/{shelter_record['patient']}"}}
-                body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": [read]})
-            elif method in ("POST", "PUT", "DELETE"):
-                continue  # writes are audited by the Consent story above
-            before = len(audit_log(shelter))
-            response = shelter.request(method, url, content=body, headers=headers)
-            walked += 1
-            if "RSH-000412" in response.text:
-                named = [r for e in new_events(shelter, before) for r in entities(e, "1")]
-                assert f"Patient/{shelter_record['patient']}" in named, (method, path)
+        before = len(audit_log(shelter))
+        response = shelter.request(method, url, content=body, headers=headers)
+        walked += 1
+        if "RSH-000412" in response.text:
+            named = [r for e in new_events(shelter, before) for r in entities(e, "1")]
+            assert f"Patient/{shelter_record['patient']}" in named, (method, path)
     assert walked >= 6
 
 

@@ -3,6 +3,7 @@ with a fixed requester standing in for its token, and the documents they exchang
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -88,3 +89,35 @@ def release_consent(
                          "code": purpose}],
         },
     }  # fmt: skip
+
+
+def reading_requests(
+    routes: Iterable[Any], resource_type: str, resource_id: str, *, skip: Iterable[str]
+) -> Iterator[tuple[str, str, str, bytes | None, dict[str, str]]]:
+    """Every (route, method) of an app, as a request aimed at one record: (method, path
+    template, url, body, headers). ``_search`` gets a form naming the record, ``POST /fhir`` a
+    batch reading it, and methods in ``skip`` (writes) are left out. For route walks that must
+    fail when a route added later reads around consent or audit."""
+    for route in routes:
+        path = getattr(route, "path", None)
+        methods = getattr(route, "methods", None) or set()
+        if not isinstance(path, str):
+            continue
+        url = (
+            path.replace("{resource_type}", resource_type)
+            .replace("{resource_id}", resource_id)
+            .replace("{version_id}", "1")
+        )
+        for method in sorted(set(methods) - {"HEAD", *skip}):
+            body: bytes | None = None
+            headers = dict(FHIR)
+            if url.endswith("_search"):
+                body = f"_id={resource_id}".encode()
+                headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            elif method == "POST" and url.rstrip("/") == "/fhir":
+                reads = [f"{resource_type}/{resource_id}", f"{resource_type}?_count=50"]
+                entries = [{"request": {"method": "GET", "url": u}} for u in reads]
+                body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries})
+            elif method in ("POST", "PUT"):
+                continue  # other writes carry no request that reads
+            yield method, path, url, body, headers
