@@ -44,6 +44,7 @@ from gateway.outcomes import error_outcome
 from gateway.partners import PartnerDirectory, ensure_organizations, partners_for
 from gateway.settings import Settings
 from gateway.store.database import ensure_schema, make_engine
+from gateway.store.paging import CursorSeal
 from gateway.store.port import ResourceStore
 from gateway.store.sql import SqlStore
 
@@ -114,6 +115,11 @@ def create_app(
             partner_organizations=(
                 {p.id: p.organization for p in tokens.directory} if tokens is not None else {}
             ),
+            paging=(
+                CursorSeal.from_ring(the_store.key_ring())
+                if isinstance(the_store, SqlStore)
+                else CursorSeal.ephemeral()
+            ),
         ),
         audit=audit,
         partner_names={p.id: p.name for p in tokens.directory} if tokens is not None else {},
@@ -145,9 +151,10 @@ def create_app(
     routes = fhir_routes(
         interactions, BundleProcessor(interactions, max_depth=settings.max_json_depth)
     )
+    # Auth first: its discovery document lives under /fhir, where SMART clients look.
+    app.router.routes.extend(auth_routes(tokens, settings))
     app.router.routes.extend(routes)
     ctx.extras["fhir_routes"] = routes
-    app.router.routes.extend(auth_routes(tokens, settings))
     _operations_routes(app, settings)
     _error_handlers(app, logger)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, logger=logger)

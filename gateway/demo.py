@@ -12,7 +12,9 @@ SMART Backend Services token: it signs a client assertion with its own key and t
    without her phone number or the shelter's record number (it names the shelter);
 5. the clinic registers her under its own record number and her HMIS PersonalID: its record is
    linked to the shelter's, which it may now see;
-6. legal aid, which the release does not name, still sees nothing;
+6. legal aid, which the release does not name, still sees nothing; the hospital writes itself a
+   release of her records and is refused (a Consent is its recorder's release of its own
+   records: only the shelter can release the shelter's), and still sees nothing;
 7. the release is revoked: the clinic's very next read is refused, and its search is empty;
 8. the compliance office gives the survivor her accounting of disclosures (who received her
    data, when, what, why), and the audit chain is verified against its signed checkpoints.
@@ -118,6 +120,7 @@ async def _walkthrough(settings: Settings, directory: PartnerDirectory, console:
         shelter = await token("riverside-shelter", "system/*.cruds")
         clinic = await token("harbor-clinic", "system/*.cruds", "TREAT")
         legal_aid = await token("northside-legal-aid", "system/*.rs", "HLEGAL")
+        hospital = await token("st-marys-hospital", "system/*.cruds", "TREAT")
 
         record = orjson.loads((EXAMPLES / "riverside-survivor.json").read_bytes())
         loaded = await call(
@@ -173,6 +176,18 @@ async def _walkthrough(settings: Settings, directory: PartnerDirectory, console:
             raise DemoFailure("the clinic's record of her is not linked to the shelter's")
         await call(
             "legal aid", legal_aid, "asks for the referral (not named)", "GET",
+            f"/fhir/ServiceRequest/{referral}", 404, lambda r: "absent",
+        )  # fmt: skip
+        rogue = _for_patient(
+            orjson.loads((EXAMPLES / "release-to-harbor-clinic.json").read_bytes()), patient
+        )
+        rogue["provision"]["actor"][0]["reference"]["reference"] = "Organization/st-marys-hospital"
+        await call(
+            "hospital", hospital, "writes itself a release of her records", "POST",
+            "/fhir/Consent", 404, lambda r: "refused: not its patient", body=rogue,
+        )  # fmt: skip
+        await call(
+            "hospital", hospital, "asks for the referral anyway", "GET",
             f"/fhir/ServiceRequest/{referral}", 404, lambda r: "absent",
         )  # fmt: skip
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import orjson
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 ENCRYPTION_FILE = "encryption-keys.json"
 TOKEN_SIGNING_FILE = "token-signing-key.pem"  # noqa: S105 (a file name)
@@ -78,6 +79,12 @@ class KeyRing:
             return aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
         except InvalidTag as exc:
             raise DecryptionError("ciphertext does not authenticate") from exc
+
+    def derive(self, info: bytes) -> bytes:
+        """A 32-byte key for another purpose (``info``), from the ring's first key: the same
+        in every worker, and unchanged by a rotation (which appends)."""
+        first = next(iter(self._keys.values()))
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(first.secret)
 
     def to_json(self) -> bytes:
         return orjson.dumps(

@@ -1,7 +1,8 @@
 """Fixtures shared by the suite: clocks, key rings, and every store implementation.
 
-``any_store`` runs a test against the in-memory twin, SQLite and (when
-``GATEWAY_TEST_POSTGRES_URL`` is set) PostgreSQL: the contract every store must keep.
+``any_store`` runs a test against the in-memory twin, SQLite and PostgreSQL (at
+``GATEWAY_TEST_POSTGRES_URL``, else the local server when one answers; without either the run
+says so in one line before its summary): the contract every store must keep.
 """
 
 from __future__ import annotations
@@ -22,7 +23,34 @@ from gateway.store.port import ResourceStore
 from gateway.store.sql import SqlStore
 from tests.support.databases import create_database, drop_database
 
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _answers(url: str) -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(url.replace("+psycopg", ""), connect_timeout=2).close()
+    except Exception:  # any failure means: no server to test against
+        return False
+    return True
+
+
+# The PostgreSQL tests run against GATEWAY_TEST_POSTGRES_URL (CI sets it), else against the
+# local server when one answers; set before xdist starts its workers, so they inherit it.
+if not os.environ.get("GATEWAY_TEST_POSTGRES_URL") and _answers(DEFAULT_POSTGRES_URL):
+    os.environ["GATEWAY_TEST_POSTGRES_URL"] = DEFAULT_POSTGRES_URL
 POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not POSTGRES_URL:
+        terminalreporter.write_line(
+            "PostgreSQL: no server answered at 127.0.0.1:5432/test and GATEWAY_TEST_POSTGRES_URL "
+            "is not set, so every PostgreSQL test was skipped"
+        )
+
+
 START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
 

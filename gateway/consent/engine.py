@@ -5,8 +5,10 @@ The rules (DESIGN.md section 3, "Consent semantics", implemented word for word):
 
 1. The partner that contributed a record may always read it back.
 2. Any other partner sees a patient's resource only when the network policy allows it **and**
-   an active Consent of that patient permits it, and no Consent of that patient denies it
-   (**deny overrides permit**; no permit means not visible; deny by default).
+   an active Consent of that patient, **recorded by the resource's contributor**, permits it,
+   and no such Consent denies it (**deny overrides permit**; no permit means not visible; deny
+   by default). A Consent is its recorder's release of its own records: nothing one partner
+   records can release, or block, another partner's records.
 3. A Consent counts when ``status = active``, ``scope`` is patient-privacy (system
    http://terminology.hl7.org/CodeSystem/consentscope), ``patient`` is the patient and now is
    inside ``provision.period`` (the root's) when given.
@@ -47,7 +49,7 @@ docs/consent.md, "Decisions"), notably:
 - anything unreadable makes a permit apply to nothing and a deny apply more widely.
 
 Every ``Decision`` names the rule that decided (``contributor``, ``policy:…``,
-``consent:Consent/<id>#provision.provision[0]``, ``explicit-label:…``, ``shelter:…``,
+``consent:Consent/<id>#provision.provision[0]``, ``explicit-label``, ``shelter:…``,
 ``emergency:<id>``, ``no-permit``), and the Consent and provision path when one decided.
 """
 
@@ -64,10 +66,10 @@ from gateway.consent.model import (
     Unreadable,
     normalise_reference,
     parse_period,
-    reference_of,
 )
 from gateway.consent.policy import EmergencyRule, KindRule, Obligation, Policy
 from gateway.store.searchparams import (
+    ANY_PATIENT,
     CONSENT_PATIENT,
     FACT_PARAMS,
     FACT_PATHS,
@@ -75,6 +77,8 @@ from gateway.store.searchparams import (
     IndexEntry,
     values_at,
 )
+from gateway.vocabulary.codesystems import canonical_system
+from gateway.vocabulary.references import reference_of
 
 __all__ = [
     "FACT_PARAMS",
@@ -90,6 +94,7 @@ __all__ = [
     "facts_from_resource",
     "patient_from_index",
     "patient_of",
+    "policy_facts",
 ]
 
 
@@ -184,7 +189,7 @@ def facts_from_resource(
         if isinstance(c, dict) and isinstance(c.get("code"), str) and c["code"]
     )
     codes = frozenset(
-        (c.get("system") if isinstance(c.get("system"), str) else None, c["code"])
+        (canonical_system(c["system"]) if isinstance(c.get("system"), str) else None, c["code"])
         for p in paths.codes
         for concept in _values(resource, p)
         for c in _concept_codings(concept)
@@ -202,6 +207,39 @@ def facts_from_resource(
         clinical_period=_hull(spans),
         references=_refs(resource, paths.references),
         authors=_refs(resource, paths.authors),
+    )
+
+
+def policy_facts(
+    resource: dict[str, Any],
+    patient_id: str | None,
+    *,
+    contributor: str | None,
+    contributor_kind: str | None,
+) -> ResourceFacts:
+    """The facts ``decide`` reads when it is given no Consents (type, patient, labels,
+    contributor): with no Consent there is no provision to test codes, dates or references
+    against, so they are left empty. Cheaper than ``facts_from_resource``, and what a refusal
+    must cost: no more than asking about an id that never existed."""
+    rtype = resource.get("resourceType")
+    rid = resource.get("id")
+    meta = resource.get("meta")
+    security = meta.get("security") if isinstance(meta, dict) else None
+    return ResourceFacts(
+        resource_type=rtype if isinstance(rtype, str) else "",
+        id=rid if isinstance(rid, str) else "",
+        patient_id=patient_id,
+        labels=frozenset(
+            c["code"]
+            for c in (security if isinstance(security, list) else ())
+            if isinstance(c, dict) and isinstance(c.get("code"), str) and c["code"]
+        ),
+        contributor=contributor,
+        contributor_kind=contributor_kind,
+        codes=frozenset(),
+        clinical_period=None,
+        references=frozenset(),
+        authors=frozenset(),
     )
 
 
@@ -228,6 +266,7 @@ def patient_from_index(
         if e.param == CONSENT_PATIENT
         and e.ref_type
         and e.ref_id
+        and e.ref_id != ANY_PATIENT
         and (ref := normalise_reference(f"{e.ref_type}/{e.ref_id}"))
     )
 
@@ -444,7 +483,7 @@ def decide(
         return Decision(False, "policy:no-patient", None, None)
     never = resource.labels & kind.never_labels
     if never:
-        return Decision(False, f"policy:never-label:{min(never)}", None, None)
+        return Decision(False, "policy:never-label", None, None)
 
     emergency = _emergency_rule(request, resource, policy, kind)
     shared = resource.resource_type in kind.resource_types
@@ -459,7 +498,10 @@ def decide(
     named_deny = False
     permits: list[tuple[ParsedConsent, ParsedProvision]] = []
     for c in consents:
-        if not c.counts or c.patient_id != patient or c.root is None:
+        # Consent authority: a Consent governs only the records its own recorder contributed.
+        if not c.counts or c.root is None or c.recorder != resource.contributor:
+            continue
+        if c.patient_id != patient and not c.any_patient:
             continue
         if c.period is not None and not (c.period[0] <= now <= c.period[1]):
             continue
@@ -493,9 +535,7 @@ def decide(
     for c, p in permits:
         missing = required - p.path_labels
         if missing:
-            refusal = refusal or Decision(
-                False, f"explicit-label:{min(missing)}", c.reference, p.path
-            )
+            refusal = refusal or Decision(False, "explicit-label", c.reference, p.path)
             continue
         if shelter and not (
             c.written and c.span_days is not None and c.span_days <= policy.shelter_max_days

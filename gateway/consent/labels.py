@@ -6,8 +6,10 @@ Codings a resource should carry when it is stored:
 - the writer's own labels, always kept (in their order);
 - sensitivity labels (system v3-ActCode) for the codes it carries: SUD codes → ETH,
   mental-health codes → PSY, trafficking and violence codes → SDV (exact codes, or ICD-10
-  prefixes compared with dots removed and upper-cased). Codes are read from every Coding in the
-  resource except ``meta`` and, on a Consent, ``provision`` (what a Consent governs is not the
+  prefixes compared with dots removed and upper-cased; systems, in the resource as in the tables,
+  by canonical URI, ``gateway.vocabulary.codesystems``: an OID or other alias of ICD-10-CM labels
+  alike). Codes are read from every Coding in the resource except ``meta`` and, on a Consent,
+  ``provision`` (what a Consent governs is not the
   patient's condition);
 - LOCIS when a partner of a location kind (shelter) contributed a Patient with an address, or
   any resource with a location element or a Location reference;
@@ -27,6 +29,7 @@ from typing import Any
 
 from gateway.consent.model import normalise_reference
 from gateway.consent.policy import read_validated
+from gateway.vocabulary.codesystems import canonical_system
 
 LABELS_FILE = "labels.yaml"
 
@@ -70,7 +73,7 @@ def tables_from_dict(doc: Mapping[str, Any]) -> LabelTables:
     prefixes: dict[str, list[tuple[str, str]]] = {}
     for label, rules in doc["sensitivity"].items():
         for rule in rules:
-            system = rule["system"]
+            system = canonical_system(rule["system"])
             for code in rule.get("codes", ()):
                 exact.setdefault((system, code), set()).add(label)
             for prefix in rule.get("prefixes", ()):
@@ -120,7 +123,7 @@ def sensitivity_of(resource: Mapping[str, Any], tables: LabelTables) -> set[str]
     )
     found: set[str] = set()
     for coding in _codings(resource, skip=skip):
-        system, code = coding["system"], coding["code"]
+        system, code = canonical_system(coding["system"]), coding["code"]
         found |= tables.exact.get((system, code), frozenset())
         rules = tables.prefixes.get(system)
         if rules:

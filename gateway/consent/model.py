@@ -20,6 +20,8 @@ from typing import Any
 
 from gateway.errors import BadRequest
 from gateway.store.searchparams import parse_date_range, stamp
+from gateway.vocabulary.codesystems import canonical_system
+from gateway.vocabulary.references import local_reference, reference_of
 
 CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 CONSENT_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
@@ -89,6 +91,12 @@ class ParsedConsent:
 
     reference: str  # "Consent/<id>"
     patient_id: str | None
+    # The partner that recorded it: a Consent is its recorder's release (or refusal) of the
+    # recorder's own records, and governs nothing another partner contributed.
+    recorder: str | None
+    # The patient could not be read (an identifier-only or foreign reference): such a Consent
+    # may still deny, as widely as it could (every patient of its recorder), never permit.
+    any_patient: bool
     status: str | None
     counts: bool
     can_permit: bool
@@ -99,19 +107,9 @@ class ParsedConsent:
 
 
 def normalise_reference(ref: Any) -> str | None:
-    """``Type/id`` from a relative or absolute reference (``_history`` dropped); else None."""
-    if not isinstance(ref, str):
-        return None
-    parts = ref.split("/")
-    if len(parts) >= 4 and parts[-2] == "_history":
-        parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2][:1].isupper() and parts[-2].isalnum() and parts[-1]:
-        return f"{parts[-2]}/{parts[-1]}"
-    return None
-
-
-def reference_of(value: Any) -> str | None:
-    return normalise_reference(value.get("reference")) if isinstance(value, dict) else None
+    """``Type/id`` of a local reference (``_history`` dropped); None for anything else, absolute
+    URLs to other servers included (``gateway.vocabulary.references``)."""
+    return local_reference(ref)
 
 
 def parse_period(value: Any) -> tuple[str, str] | None:
@@ -169,8 +167,9 @@ def _system(coding: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_consent(resource: dict[str, Any]) -> ParsedConsent:
-    """Parse an R4 Consent dict once; never raises on a dict (anything odd is fail-closed)."""
+def parse_consent(resource: dict[str, Any], *, recorder: str | None = None) -> ParsedConsent:
+    """Parse an R4 Consent dict once (``recorder``: the partner that contributed it); never
+    raises on a dict (anything odd is fail-closed)."""
     rid = resource.get("id")
     reference = f"Consent/{rid}" if isinstance(rid, str) else "Consent/?"
     status = resource.get("status") if isinstance(resource.get("status"), str) else None
@@ -182,7 +181,10 @@ def parse_consent(resource: dict[str, Any]) -> ParsedConsent:
     patient_id = (
         patient_ref.split("/", 1)[1] if patient_ref and patient_ref[:8] == "Patient/" else None
     )
-    can_permit = not resource.get("modifierExtension")
+    # A patient that cannot be read: a deny is never dropped (it applies to every patient of
+    # its recorder); nothing is permitted.
+    any_patient = patient_id is None
+    can_permit = not resource.get("modifierExtension") and not any_patient
     provision = resource.get("provision")
     period: tuple[datetime, datetime] | None = None
     span_days: float | None = None
@@ -205,8 +207,10 @@ def parse_consent(resource: dict[str, Any]) -> ParsedConsent:
     return ParsedConsent(
         reference=reference,
         patient_id=patient_id,
+        recorder=recorder,
+        any_patient=any_patient,
         status=status,
-        counts=status == "active" and scope_ok and patient_id is not None,
+        counts=status == "active" and scope_ok,
         can_permit=can_permit,
         period=period,
         written=written,
@@ -216,7 +220,9 @@ def parse_consent(resource: dict[str, Any]) -> ParsedConsent:
 
 
 def _span_days(period: Any) -> float | None:
-    """Days from the start to the end of a Period, both read as their earliest instant."""
+    """Days from the earliest instant of the start to the **latest** instant of the end (a
+    period ending "2027" runs to 2027-12-31T23:59:59.999999, for the time limit as for validity;
+    one ending "2027-05-31" to the last instant of that day)."""
     if not isinstance(period, dict):
         return None
     start, end = period.get("start"), period.get("end")
@@ -224,7 +230,7 @@ def _span_days(period: Any) -> float | None:
         return None
     try:
         low = datetime.fromisoformat(parse_date_range(start)[0])
-        high = datetime.fromisoformat(parse_date_range(end)[0])
+        high = datetime.fromisoformat(parse_date_range(end)[1])
     except (BadRequest, ValueError, OverflowError):
         return None
     return (high - low).total_seconds() / 86400
@@ -298,7 +304,7 @@ def _parse_provision(
     bare_codes: frozenset[str] = frozenset()
     if node.get("code") is not None:
         pairs = [
-            (_system(c), code)
+            (canonical_system(_system(c)), code)  # as the resource's codes: canonical systems
             for concept in _as_list(node.get("code"))
             for c in _codings(concept)
             if (code := _code(c)) is not None

@@ -25,10 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.consent.policy import Obligation
+from gateway.vocabulary.security import INLINE_LABEL
 
-INLINE_LABEL = (
-    "http://hl7.org/fhir/uv/security-label-ds4p/StructureDefinition/extension-inline-sec-label"
-)
 OBSERVATION_VALUE = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
 REDACTED = {"system": OBSERVATION_VALUE, "code": "REDACTED", "display": "redacted"}
 

@@ -1,46 +1,51 @@
 """``ConsentedStore``: the only store a request is handed (``deps.request_store``). It binds the
 raw store to one requester, so that no route can read around it (DESIGN section 4, "One read
-path").
+path"), and it is where "every partner may be hostile" is kept for data.
 
-What it enforces today:
+What it enforces:
 - **Scopes**: the token's SMART scopes must cover the type and interaction (403 otherwise; a
-  statement about the token, never about data).
+  statement about the token, never about data): ``c`` every create (POST, and the entries of
+  transactions and batches), ``u`` every update, ``r`` reads and ``$explain``, ``s`` searches.
 - **The rules that need no Consent**: a partner sees, changes and deletes the records it
-  contributed, and every partner sees the gateway's own directory entries (Organizations);
-  everything else is absent: a read answers 404 with the same body as a true 404, a search
-  neither returns nor counts it, ``_include`` does not pull it in. The filter runs inside the
-  store (``SearchQuery.visible_to``, a ``Visibility``), so totals and paging count only visible
-  resources.
-- **Attribution**: every write records the requester as contributor of what it creates.
-- **Labels at write time**: ``consent.labels.labels_for`` adds the sensitivity labels the code
-  tables call for (SUD → ETH, mental health → PSY, violence and trafficking → SDV, shelter
-  locations → LOCIS) and raises confidentiality for shelter data, keeping the writer's own.
-
-- **Consent on reads by id** (read, vread, history): another partner's record is released when
-  ``consent.engine.decide`` permits it for this requester, its purposes of use and the
-  patient's Consents *as they are now* (looked up afresh for every request: a revocation takes
-  effect on the very next one), and then only as ``consent.redact`` leaves it. Anything else is
-  absent, with the same 404 as a record that does not exist.
-
-- **Consent in search** (matches, ``_include``, ``_revinclude``, Bundles): the store hands
-  the records of other partners that consent might release (``ConsentReach``: patients with an
-  active Consent naming the requester, break-glass types when the search names one survivor)
-  to ``decide``, from their index facts and without decrypting them, *before* it counts and
-  pages; so totals count only what may be seen and every page but the last is full. Released
-  records are then redacted like reads by id. A conditional create matches only what the
-  requester holds.
+  contributed, and every partner sees the gateway's own directory entries (Organizations).
+- **Consent** (``consent.engine.decide``): another partner's record is released when the
+  survivor's Consents *recorded by that record's contributor*, as they are now (read afresh for
+  every request: a revocation takes effect on the very next one), and the network policy permit
+  it; then only as ``consent.redact`` leaves it. Older versions follow the newest: a version is
+  released only when the newest version of its record is (a correction retracts what it
+  corrects).
+- **One absent answer**: every door that names a record by id (read, vread, history, update,
+  ``If-Match``, delete, Bundle entries) first ``_find``s it, and a record the requester may not
+  see takes the very path of an id that never existed: the same lookups (the record's head, then
+  one Consent probe keyed by the patient, or by the requested id when there is none), the same
+  ``not_found`` answer, the same audited refusal. Nothing is created under a client's id
+  (``updateCreate`` is off: a PUT to an absent id is a 404, like a hidden one).
+- **Consent authority** on write: a partner records a Consent only for a Patient it contributed
+  itself; anything else is refused alike, whether the Patient is another partner's, absent, or
+  not a local reference at all.
+- **Attribution and labels**: every write records the requester as contributor of what it
+  creates, and ``consent.labels.labels_for`` adds the sensitivity labels the code tables call
+  for (keeping the writer's own).
+- **Search** (matches, ``_include``, ``_revinclude``, Bundles): the store hands the records of
+  other partners that consent might release (``ConsentReach``) to ``decide`` from their index
+  facts, *before* it counts and pages; a released record whose redaction removes an element a
+  search parameter reads is matched against what the recipient would be shown, never against
+  what was removed. Paging tokens are sealed (``store.paging``): bound to the requester and the
+  query, and telling nothing of other partners' writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
 import orjson
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.audit.events import REFUSED, Activity, Disclosed
 from gateway.audit.trail import AuditTrail
@@ -48,7 +53,6 @@ from gateway.clock import Clock
 from gateway.consent.engine import (
     AccessRequest,
     Decision,
-    ResourceFacts,
     decide,
     decision_key,
     facets_examined,
@@ -56,15 +60,18 @@ from gateway.consent.engine import (
     facts_from_resource,
     patient_from_index,
     patient_of,
+    policy_facts,
 )
 from gateway.consent.labels import LabelTables, labels_for
 from gateway.consent.model import ParsedConsent, parse_consent
-from gateway.consent.policy import Policy
+from gateway.consent.policy import Obligation, Policy
 from gateway.consent.redact import may_change, redact
 from gateway.disclose.scopes import ScopeGrant
 from gateway.errors import Forbidden, Gone, Issue, NotFound, Unprocessable, not_found
+from gateway.store.paging import CursorSeal
 from gateway.store.port import (
     HistoryPage,
+    Located,
     SearchPage,
     StoredResource,
     StoreSession,
@@ -76,17 +83,28 @@ from gateway.store.query import (
     ConsentReach,
     Cursor,
     ReferenceCriterion,
+    Release,
     SearchQuery,
     TokenCriterion,
     Visibility,
-    parse_search,
+    clause_matches,
 )
 from gateway.store.records import canonical
-from gateway.store.searchparams import Kind
+from gateway.store.searchparams import (
+    ANY_PATIENT,
+    CONSENT_PATIENT,
+    INLINE_LABEL_PARAM,
+    Kind,
+    extract,
+    lookup,
+)
+from gateway.vocabulary.references import parse_local
 
-# More Consents than this on one survivor is not a realistic case; should it happen, nothing of
-# theirs is released (a Consent left unread could be the deny that matters).
+# More Consents than this from one recorder on one survivor is not a realistic case; should it
+# happen, nothing of that recorder's is released (a Consent left unread could be the deny that
+# matters). Reading stops at READ_LIMIT Consents of one survivor in all.
 MAX_CONSENTS_READ = 500
+READ_LIMIT = 5000
 CONSENT_PATIENTS_PER_QUERY = 100
 EXPLAINERS = frozenset({"compliance", "admin"})
 # The audit's restful-interaction code for each scope check.
@@ -97,9 +115,44 @@ SCOPE_INTERACTIONS = {
 CONTRIBUTOR = Decision(True, "contributor", None, None)
 DIRECTORY = Decision(True, "policy:directory", None, None)
 NOT_RELEASED = Decision(False, "not-visible", None, None)
+ABSENT = Decision(False, "not-found", None, None)
+TOO_MANY = Decision(False, "too-many-consents", None, None)
+NO_VERSION = Decision(False, "no-such-version", None, None)
+# Clauses that address the record itself (its id, its version's time): no redaction changes them.
+RECORD_CLAUSES = frozenset({"_id", "_lastUpdated"})
 
 if TYPE_CHECKING:
     from gateway.disclose.deps import Requester
+
+
+class Decoy:
+    """What a refusal of an existing record does that an absent id gives nothing to do
+    (decrypt a version, parse it, find its patient, decide from the policy's facts), done on a
+    record of typical size that exists nowhere: an absent id then costs what a hidden record
+    costs (the doors must not be told apart by time either)."""
+
+    def __init__(self) -> None:
+        self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
+        self._nonce = os.urandom(12)
+        body = canonical(
+            {
+                "resourceType": "CarePlan",
+                "id": "00000000-0000-4000-8000-000000000000",
+                "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z",
+                         "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                                       "code": "R"}]},
+                "status": "active", "intent": "plan", "title": "x" * 24,
+                "category": [{"coding": [{"system": "http://snomed.info/sct",
+                                          "code": "734163000"}]}],
+                "subject": {"reference": "Patient/00000000-0000-4000-8000-000000000000"},
+                "period": {"start": "2026-01-01", "end": "2026-07-01"},
+            }
+        )  # fmt: skip
+        self._sealed = self._aead.encrypt(self._nonce, body, b"decoy")
+
+    def work(self, session: ConsentedSession) -> None:
+        doc = orjson.loads(self._aead.decrypt(self._nonce, self._sealed, b"decoy"))
+        session._decide_policy(doc, patient_of(doc), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +165,29 @@ class ConsentRules:
     labels: LabelTables | None = None
     # partner id -> "Organization/<id>" when it differs from the partner id
     partner_organizations: Mapping[str, str] = field(default_factory=dict)
+    # Seals paging tokens (one key for every worker: derived from the key ring).
+    paging: CursorSeal = field(default_factory=CursorSeal.ephemeral)
+    decoy: Decoy = field(default_factory=Decoy)
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What ``_find`` learnt of a record named by id: where it stands (None: no such id), the
+    decision on its newest live version, that version as released (None: not released) and its
+    patient (for the audit)."""
+
+    located: Located | None
+    decision: Decision
+    shown: StoredResource | None
+    patient: str | None
+
+    @property
+    def own(self) -> bool:
+        return self.decision is CONTRIBUTOR
+
+    @property
+    def live_version(self) -> int | None:
+        return self.located.live.version_id if self.located is not None else None
 
 
 class ConsentedSession:
@@ -135,6 +211,8 @@ class ConsentedSession:
             requester.partner_id,
             rules.policy.directory_types if rules is not None else frozenset(),
         )
+        ref = parse_local(requester.organization)
+        self._actor = (ref.resource_type, ref.id) if ref is not None else None
         # A patient's Consents, parsed, for this request only (never across requests).
         self._consents: dict[str, list[ParsedConsent] | None] = {}
 
@@ -152,17 +230,18 @@ class ConsentedSession:
         interaction: str,
         resource_type: str,
         reason: str,
-        target: StoredResource | None = None,
+        *,
+        target: str | None = None,
+        patient: str | None = None,
     ) -> None:
         """Record a refusal (outcome 4) naming the rule, the record and its patient."""
-        patient = patient_of(orjson.loads(target.body)) if target and target.body else None
         self._trail.add(
             Activity(
                 interaction,
                 resource_type,
                 outcome=REFUSED,
                 refusal=reason,
-                target=target.reference if target else None,
+                target=target,
                 target_patient=patient,
             )
         )
@@ -188,99 +267,80 @@ class ConsentedSession:
             included,
         )
 
-    def _visible(self, stored: StoredResource) -> bool:
-        return self._visibility.admits(stored.resource_type, stored.contributor)
-
-    def _require_own(self, resource_type: str, resource_id: str, interaction: str) -> None:
-        """A record is changed only by the partner that contributed it. One the requester cannot
-        see is answered as if it were absent; one it can see (a directory entry, a consented
-        record) but did not contribute is refused."""
-        try:
-            current = self._raw.read(resource_type, resource_id)
-        except Gone:
-            current = self._last_live(resource_type, resource_id)
-        except NotFound:
-            return
-        if current.contributor == self._requester.partner_id:
-            return
-        released, decision = self._release_decided(current, "read")
-        if released is None:
-            self._refused(interaction, resource_type, decision.rule, current)
-            raise not_found(resource_type, resource_id)
-        self._refused(interaction, resource_type, "only-the-contributor-changes-a-record", current)
-        raise Forbidden("a record is changed only by the partner that contributed it")
-
-    def _check_consent_write(self, resource: dict[str, Any]) -> None:
-        """Consents are recorded by the advocates of the kinds the policy names, and point at the
-        signed form when the policy requires a written consent."""
-        if resource.get("resourceType") != "Consent":
-            return
-        self._consents.clear()  # a later read in this unit of work must see the change
-        if self._rules is None:
-            return
-        policy = self._rules.policy
-        if self._requester.kind not in policy.consent_writers:
-            self._refused("create", "Consent", "consent-writing:kind-may-not-record")
-            raise Forbidden("this partner may not record Consents")
-        written = resource.get("sourceAttachment") or resource.get("sourceReference")
-        if policy.consent_needs_written_source and not written:
-            self._refused("create", "Consent", "consent-writing:no-signed-form")
-            raise Unprocessable(
-                "a Consent must point at the signed form",
-                issues=[
-                    Issue(
-                        "required",
-                        "a Consent must carry sourceAttachment or sourceReference",
-                        expression=("Consent.sourceAttachment", "Consent.sourceReference"),
-                    )
-                ],
-            )
-
-    def _labelled(self, resource: dict[str, Any]) -> dict[str, Any]:
-        if self._labels is None:
-            return resource
-        security = labels_for(resource, contributor_kind=self._requester.kind, tables=self._labels)
-        if not security:
-            return resource
-        return {**resource, "meta": {**(resource.get("meta") or {}), "security": security}}
-
-    def _last_live(self, resource_type: str, resource_id: str) -> StoredResource:
-        # A deletion marker carries the head's contributor, so it decides like the resource.
-        return self._raw.history(resource_type, resource_id, count=1).versions[0]
-
-    def _access(self, interaction: str) -> AccessRequest:
+    def _access(self, interaction: str, requester: Requester | None = None) -> AccessRequest:
+        who = requester or self._requester
         return AccessRequest(
-            partner_id=self._requester.partner_id,
-            partner_kind=self._requester.kind,
-            organization=self._requester.organization,
-            purposes=self._requester.purpose_of_use,
+            partner_id=who.partner_id,
+            partner_kind=who.kind,
+            organization=who.organization,
+            purposes=who.purpose_of_use,
             interaction=interaction,
         )
 
-    def _release(self, stored: StoredResource, interaction: str) -> StoredResource | None:
-        """The version as this requester may see it, or None when it may not see it at all."""
-        return self._release_decided(stored, interaction)[0]
+    # -- finding one record: the one path for hidden and absent -----------------------------
 
-    def _release_decided(
-        self, stored: StoredResource, interaction: str
-    ) -> tuple[StoredResource | None, Decision]:
-        """``_release``, and the decision behind it."""
-        if self._visible(stored):
-            return stored, self._own_decision(stored)
-        if self._rules is None or stored.deleted:
-            return None, NOT_RELEASED
-        doc = orjson.loads(stored.body)
-        decision = self._decide(self._access(interaction), stored, doc)
-        if not decision.permit:
-            return None, decision
-        return _redacted(stored, decision, doc), decision
+    def _find(self, resource_type: str, resource_id: str) -> Found:
+        """The record named by ``resource_type``/``resource_id`` as this requester may see it.
 
-    def _own_decision(self, stored: StoredResource) -> Decision:
-        return CONTRIBUTOR if stored.contributor == self._requester.partner_id else DIRECTORY
+        A record it may not see and an id that never existed take the same steps: the head
+        lookup, then one Consent probe (keyed by the record's patient, or by the requested id
+        when there is no record or no patient), and come out as a refusal. Only a probe that
+        finds a Consent naming the requester (or break-glass) leads to reading Consents."""
+        located = self._raw.locate(resource_type, resource_id)
+        if located is not None and self._visibility.admits(resource_type, located.contributor):
+            decision = self._own_decision(located.contributor)
+            return Found(located, decision, located.live, None)
+        if self._rules is None:
+            return Found(located, ABSENT if located is None else NOT_RELEASED, None, None)
+        doc = orjson.loads(located.live.body) if located is not None else None
+        patient = patient_of(doc) if doc is not None else None
+        recorder = (located.contributor or "") if located is not None else ""
+        named = self._actor is not None and self._raw.consent_probe(
+            patient or resource_id, recorder=recorder, actor=self._actor
+        )
+        if located is None or doc is None:
+            self._rules.decoy.work(self)
+            return Found(None, ABSENT, None, None)
+        if named:
+            decision = self._decide_doc(self._raw, located.live, doc)
+        else:
+            # No Consent of the contributor names the requester: no permit can apply and no
+            # deny can name it, so deciding with none gives the same answer, from the few
+            # facts the policy reads (rules 1-3, 8).
+            decision = self._decide_policy(doc, patient, located.contributor)
+        shown = _redacted(located.live, decision, doc) if decision.permit else None
+        return Found(located, decision, shown, patient)
 
-    def _decide(
-        self, request: AccessRequest, stored: StoredResource, doc: dict[str, Any]
+    def _decide_policy(
+        self, doc: dict[str, Any], patient: str | None, contributor: str | None
     ) -> Decision:
+        assert self._rules is not None
+        rules = self._rules
+        facts = policy_facts(
+            doc,
+            patient,
+            contributor=contributor,
+            contributor_kind=rules.partner_kinds.get(contributor or ""),
+        )
+        return decide(self._access("read"), facts, [], rules.policy, rules.clock.now())
+
+    def _decision_of(
+        self, stored: StoredResource, decisions: Mapping[tuple[str, str], Decision]
+    ) -> Decision:
+        return decisions.get(stored.key) or self._own_decision(stored.contributor)
+
+    def _own_decision(self, contributor: str | None) -> Decision:
+        return CONTRIBUTOR if contributor == self._requester.partner_id else DIRECTORY
+
+    def _decide_doc(
+        self,
+        session: StoreSession,
+        stored: StoredResource,
+        doc: dict[str, Any],
+        *,
+        request: AccessRequest | None = None,
+    ) -> Decision:
+        """``decide`` for one version, with the Consents its contributor recorded."""
         assert self._rules is not None
         rules = self._rules
         facts = facts_from_resource(
@@ -288,128 +348,135 @@ class ConsentedSession:
             contributor=stored.contributor,
             contributor_kind=rules.partner_kinds.get(stored.contributor or ""),
         )
-        return self._decide_facts(self._raw, request, facts)
-
-    def _decide_facts(
-        self, session: StoreSession, request: AccessRequest, facts: ResourceFacts
-    ) -> Decision:
-        assert self._rules is not None
         consents: list[ParsedConsent] | None = []
         if facts.patient_id:
-            consents = self._consents_of(session, [facts.patient_id])[facts.patient_id]
+            consents = self._consents_by(session, facts.patient_id, stored.contributor)
         if consents is None:
-            return Decision(False, "too-many-consents", None, None)
-        return decide(request, facts, consents, self._rules.policy, self._rules.clock.now())
+            return TOO_MANY
+        return decide(
+            request or self._access("read"), facts, consents, rules.policy, rules.clock.now()
+        )
 
-    def explain(
-        self, partner_id: str, resource_type: str, resource_id: str, purposes: tuple[str, ...]
-    ) -> Decision:
-        """``Consent/$explain``: what ``decide`` answers for another partner, and why. For the
-        compliance and admin kinds only; it discloses the decision, never the record."""
-        if self._requester.kind not in EXPLAINERS or self._rules is None:
-            raise Forbidden("$explain is for compliance and administration")
-        kind = self._rules.partner_kinds.get(partner_id)
-        if kind is None:
-            raise NotFound("no such partner")
-        stored = self._raw.read(resource_type, resource_id)
-        request = AccessRequest(
-            partner_id=partner_id,
-            partner_kind=kind,
-            organization=self._rules.partner_organizations.get(
-                partner_id, f"Organization/{partner_id}"
-            ),
-            purposes=purposes,
-            interaction="read",
-        )
-        doc = orjson.loads(stored.body)
-        self._trail.add(
-            Activity(
-                "operation",
-                resource_type,
-                target=stored.reference,
-                target_patient=patient_of(doc),
-                subtypes=("consent-explain",),
-            )
-        )
-        return self._decide(request, stored, doc)
+    def _consents_by(
+        self, session: StoreSession, patient_id: str, recorder: str | None
+    ) -> list[ParsedConsent] | None:
+        """The patient's Consents that ``recorder`` recorded (the only ones that govern its
+        records); None when there are more than ``MAX_CONSENTS_READ`` of them."""
+        held = self._consents_of(session, [patient_id])[patient_id]
+        if held is None:
+            return None
+        mine = [c for c in held if c.recorder == recorder]
+        return None if len(mine) > MAX_CONSENTS_READ else mine
 
     def _consents_of(
         self, session: StoreSession, patient_ids: Iterable[str]
     ) -> dict[str, list[ParsedConsent] | None]:
-        """The patients' Consents, parsed, read once per request (never across requests, so a
-        revocation bites on the very next one); None for a patient with more than
-        ``MAX_CONSENTS_READ`` (nothing of theirs is released)."""
+        """The patients' active Consents, parsed, read once per request (never across requests,
+        so a revocation bites on the very next one), with those whose patient could not be read
+        (they deny for every patient of their recorder); None for a patient with more than
+        ``READ_LIMIT`` (nothing of theirs is released)."""
         missing = sorted({p for p in patient_ids if p not in self._consents})
         for start in range(0, len(missing), CONSENT_PATIENTS_PER_QUERY):
             chunk = missing[start : start + CONSENT_PATIENTS_PER_QUERY]
-            found: dict[str, list[ParsedConsent] | None] = {p: [] for p in chunk}
-            refs = ",".join(f"Patient/{p}" for p in chunk)
-            # Only an active Consent counts (engine rule 3), and nobody reads the total.
-            criteria = [("patient", refs), ("status", "active"), ("_total", "none")]
-            query = replace(parse_search("Consent", criteria), count=MAX_CONSENTS_READ)
-            while True:
+            found: dict[str, list[ParsedConsent]] = {p: [] for p in chunk}
+            wild: list[ParsedConsent] = []
+            of_patients = Clause(
+                CONSENT_PATIENT,
+                Kind.REFERENCE,
+                None,
+                criteria=tuple(ReferenceCriterion("Patient", p) for p in [*chunk, ANY_PATIENT]),
+            )
+            active = Clause("status", Kind.TOKEN, None, criteria=(TokenCriterion(None, "active"),))
+            query = SearchQuery(
+                "Consent", (of_patients, active), count=MAX_CONSENTS_READ, with_total=False
+            )
+            read = 0
+            while read <= READ_LIMIT:
                 page = session.search(query)
                 for stored in page.matches:
-                    parsed = parse_consent(orjson.loads(stored.body))
+                    parsed = parse_consent(orjson.loads(stored.body), recorder=stored.contributor)
                     held = found.get(parsed.patient_id or "")
                     if held is not None:
                         held.append(parsed)
+                    elif parsed.any_patient:
+                        wild.append(parsed)
+                read += len(page.matches)
                 if page.next_cursor is None:
                     break
                 query = replace(query, cursor=Cursor.decode(page.next_cursor))
             for patient_id, held in found.items():
-                too_many = held is not None and len(held) > MAX_CONSENTS_READ
-                self._consents[patient_id] = None if too_many else held
+                self._consents[patient_id] = None if read > READ_LIMIT else [*held, *wild]
         return {p: self._consents[p] for p in patient_ids}
-
-    def _could_see(self, resource_type: str, resource_id: str) -> bool:
-        """Whether the requester could see the resource before it was deleted."""
-        versions = self._raw.history(resource_type, resource_id, count=2).versions
-        if versions and versions[0].deleted and self._visible(versions[0]):
-            return True
-        live = [v for v in versions if not v.deleted]
-        return bool(live) and self._release(live[0], "read") is not None
 
     # -- reading ----------------------------------------------------------------------------
 
+    def _missing(
+        self, interaction: str, resource_type: str, resource_id: str, found: Found
+    ) -> NoReturn:
+        """Audit the refusal of a record not shown (absent or hidden: one shape) and raise the
+        one absent answer."""
+        self._refused(
+            interaction,
+            resource_type,
+            found.decision.rule,
+            target=f"{resource_type}/{resource_id}",
+            patient=found.patient,
+        )
+        raise not_found(resource_type, resource_id)
+
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
         self._allow(resource_type, "read")
-        released = self._released(
-            "read", resource_type, resource_id, lambda: self._raw.read(resource_type, resource_id)
+        found = self._find(resource_type, resource_id)
+        if found.shown is None or found.located is None:
+            self._missing("read", resource_type, resource_id, found)
+        if found.located.deleted:  # 410 only for a requester that could see it
+            raise Gone(f"Resource {resource_type}/{resource_id} was deleted")
+        self._trail.add(
+            Activity(
+                "read",
+                resource_type,
+                disclosed=(self._disclosed(found.located.live, found.decision),),
+            )
         )
-        return self._linked([released])[0] if resource_type == "Patient" else released
+        return self._linked([found.shown])[0] if resource_type == "Patient" else found.shown
 
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         self._allow(resource_type, "read")
-        return self._released(
-            "vread",
-            resource_type,
-            resource_id,
-            lambda: self._raw.vread(resource_type, resource_id, version_id),
-        )
-
-    def _released(
-        self,
-        interaction: str,
-        resource_type: str,
-        resource_id: str,
-        fetch: Callable[[], StoredResource],
-    ) -> StoredResource:
-        try:
-            stored = fetch()
+        found = self._find(resource_type, resource_id)
+        version: StoredResource | None = None
+        marker = False
+        try:  # looked up whether or not the record may be seen: the same cost for both
+            version = self._raw.vread(resource_type, resource_id, version_id)
         except Gone:
-            # 410 only for a requester that could see the resource; for anyone else, absent.
-            if not self._could_see(resource_type, resource_id):
-                raise not_found(resource_type, resource_id) from None
-            raise
-        released, decision = self._release_decided(stored, "read")
+            marker = True
+        except NotFound:
+            pass
+        if found.shown is None:
+            self._missing("vread", resource_type, resource_id, found)
+        if marker:  # a deletion, of a record it could see
+            raise Gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+        if version is None:
+            self._missing("vread", resource_type, resource_id, replace(found, decision=NO_VERSION))
+        released, decision = self._release_version(version, found)
         if released is None:
-            self._refused(interaction, resource_type, decision.rule, stored)
-            raise not_found(resource_type, resource_id)
+            self._missing("vread", resource_type, resource_id, replace(found, decision=decision))
         self._trail.add(
-            Activity(interaction, resource_type, disclosed=(self._disclosed(stored, decision),))
+            Activity("vread", resource_type, disclosed=(self._disclosed(version, decision),))
         )
         return released
+
+    def _release_version(
+        self, version: StoredResource, found: Found
+    ) -> tuple[StoredResource | None, Decision]:
+        """An older version, given that the newest (``found``) is released: released only when
+        it is itself released too (older versions follow the newest, never widen it)."""
+        if version.version_id == found.live_version:
+            return found.shown, found.decision
+        if found.own or found.decision is DIRECTORY:
+            return version, found.decision
+        doc = orjson.loads(version.body)
+        decision = self._decide_doc(self._raw, version, doc)
+        return (_redacted(version, decision, doc) if decision.permit else None), decision
 
     def history(
         self,
@@ -421,19 +488,19 @@ class ConsentedSession:
         before_version: int | None = None,
     ) -> HistoryPage:
         self._allow(resource_type, "read")
+        found = self._find(resource_type, resource_id)
+        if found.shown is None:
+            self._missing("history-instance", resource_type, resource_id, found)
         page = self._raw.history(
             resource_type, resource_id, count=count, since=since, before_version=before_version
         )
-        if not self._could_see(resource_type, resource_id):
-            self._refused("history-instance", resource_type, "not-visible")
-            raise not_found(resource_type, resource_id)
         shown = []
         disclosed = []
         for version in page.versions:
             if version.deleted:
                 shown.append(version)
                 continue
-            released, decision = self._release_decided(version, "history")
+            released, decision = self._release_version(version, found)
             if released is not None:
                 shown.append(released)
                 disclosed.append(self._disclosed(version, decision))
@@ -447,6 +514,7 @@ class ConsentedSession:
         included_types = {i.target_type for i in query.includes if i.target_type}
         for target in included_types:
             self._allow(target, "read")
+        query = self._opened(query)
         decisions: dict[tuple[str, str], Decision] = {}
         visibility = replace(self._visibility, reach=self._reach(query, decisions))
         page = self._raw.search(replace(query, visible_to=visibility))
@@ -458,12 +526,12 @@ class ConsentedSession:
                     "search-type",
                     query.resource_type,
                     disclosed=tuple(
-                        self._disclosed(r, decisions.get(r.key) or self._own_decision(r),
-                                        included=r is not m)
+                        self._disclosed(r, self._decision_of(r, decisions), included=r is not m)
                         for r, m in (*((r, r) for r in page.matches),
                                      *((r, None) for r in included))
                     ),
                     query=urlencode(query.echo),
+                    target_patient=_pinned_patient(query),
                 )
             )  # fmt: skip
         matches = [_redacted(r, decisions.get(r.key)) for r in page.matches]
@@ -472,41 +540,71 @@ class ConsentedSession:
             linked = iter(self._linked([*matches, *included]))
             matches = [next(linked) for _ in matches]
             included = list(linked)
-        return replace(page, matches=matches, included=included)
+        return replace(
+            page,
+            matches=matches,
+            included=included,
+            next_cursor=self._sealed(query, page.next_cursor),
+            prev_cursor=self._sealed(query, page.prev_cursor),
+        )
+
+    # -- paging tokens ----------------------------------------------------------------------
+
+    def _binding(self, query: SearchQuery) -> bytes:
+        return orjson.dumps([self._requester.partner_id, query.resource_type, sorted(query.echo)])
+
+    def _sealed(self, query: SearchQuery, position: str | None) -> str | None:
+        if position is None or self._rules is None:
+            return position
+        return self._rules.paging.seal(position, self._binding(query))
+
+    def _opened(self, query: SearchQuery) -> SearchQuery:
+        """The query with the client's sealed ``_cursor`` opened into a position."""
+        if query.cursor_token is None:
+            return query
+        token = query.cursor_token
+        if self._rules is not None:
+            token = self._rules.paging.open(token, self._binding(query))
+        return replace(query, cursor=Cursor.decode(token, query.sort), cursor_token=None)
+
+    # -- links between one person's records -------------------------------------------------
 
     def _linked(self, shown: list[StoredResource]) -> list[StoredResource]:
         """Patients as shown, each linked (``link``, type ``seealso``) to the other Patients of
         the same person that the requester may see: those sharing a value of one of the
-        network's person identifier systems. A Patient it may not see is not linked (it does
-        not exist for the requester). One lookup for the whole page."""
-        systems = self._rules.policy.person_identifier_systems if self._rules else frozenset()
+        network's person identifier systems. The lookup is a search under this requester's own
+        visibility (its records, and what consent releases to it, narrowed in the store), so a
+        Patient it may not see is neither linked nor even looked at: holding a person costs
+        another partner's search nothing. One lookup for the whole page."""
+        rules = self._rules
+        systems = rules.policy.person_identifier_systems if rules else frozenset()
         pairs: dict[int, set[tuple[str, str]]] = {}
         for n, r in enumerate(shown):
             if r.resource_type == "Patient" and any(s.encode() in r.body for s in systems):
                 pairs[n] = _person_identifiers(r, systems)
         wanted = sorted(set().union(*pairs.values())) if pairs else []
-        if not wanted:
+        if not wanted or rules is None or self._actor is None:
             return shown
         same_person = Clause(
             "identifier", Kind.TOKEN, None, criteria=tuple(TokenCriterion(s, v) for s, v in wanted)
         )
-        found = self._raw.search(
-            SearchQuery("Patient", (same_person,), count=MAX_LINKED, with_total=False)
+        query = SearchQuery("Patient", (same_person,), count=MAX_LINKED, with_total=False)
+        reach = ConsentReach(
+            self._actor, frozenset(rules.policy.directory_types), self._release(query, {})
         )
-        seen: dict[str, bool] = {}
+        found = self._raw.search(replace(query, visible_to=replace(self._visibility, reach=reach)))
         out = list(shown)
         for n, mine in pairs.items():
-            links = []
-            for other in found.matches:
-                if other.id == shown[n].id or other.id in links:
-                    continue
-                if other.id not in seen:
-                    seen[other.id] = self._release(other, "read") is not None
-                if seen[other.id] and mine & _person_identifiers(other, systems):
-                    links.append(other.id)
+            links = [
+                other.id
+                for other in found.matches
+                if other.id != shown[n].id and mine & _person_identifiers(other, systems)
+            ]
             if links:
-                out[n] = _with_links(shown[n], links)
+                out[n] = _with_links(shown[n], list(dict.fromkeys(links)))
         return out
+
+    # -- consent in search ------------------------------------------------------------------
 
     def _reach(
         self, query: SearchQuery, decisions: dict[tuple[str, str], Decision]
@@ -515,14 +613,31 @@ class ConsentedSession:
         (each Decision kept in ``decisions`` for redaction). None for a conditional create's
         lookup (``held_only``: a partner matches only records it holds) and without rules."""
         rules = self._rules
-        actor = _reference_parts(self._requester.organization)
-        if rules is None or query.held_only or actor is None:
+        if rules is None or query.held_only or self._actor is None:
             return None
         clauses = _through_person_identifiers(query, rules.policy.person_identifier_systems)
         if clauses is None:
             return None
+        open_types = set(rules.policy.directory_types)
+        if _pinned_patient(query) is not None or _pins_one_patient(query):
+            # Break-glass reaches one survivor's record at a time, never a whole population.
+            for rule in rules.policy.emergency:
+                if self._requester.kind in rule.partner_kinds and not rule.purposes.isdisjoint(
+                    self._requester.purpose_of_use
+                ):
+                    open_types |= rule.resource_types
+        release = self._release(query, decisions)
+        return ConsentReach(self._actor, frozenset(open_types), release, clauses)
+
+    def _release(self, query: SearchQuery, decisions: dict[tuple[str, str], Decision]) -> Release:
+        """The store's callback: which of these candidates ``decide`` releases to this
+        requester, each decided once per ``decision_key``, and only those that still match the
+        query as the requester would be shown them."""
+        rules = self._rules
+        assert rules is not None
         request = self._access("search")
         now = rules.clock.now()
+        content = [c for c in query.clauses if c.name not in RECORD_CLAUSES]
 
         def release(session: StoreSession, found: Sequence[Candidate]) -> set[tuple[str, str]]:
             patients = [patient_from_index(c.resource_type, c.id, c.entries) for c in found]
@@ -543,36 +658,155 @@ class ConsentedSession:
                 )
                 decision = decided.get(key)
                 if decision is None:
-                    fact = facts_from_index(
-                        candidate.resource_type,
-                        candidate.id,
-                        candidate.entries,
-                        contributor=candidate.contributor,
-                        contributor_kind=rules.partner_kinds.get(candidate.contributor or ""),
-                    )
-                    decision = decided[key] = decide(request, fact, held, rules.policy, now)
-                if decision.permit:
-                    released.add(candidate.key)
-                    decisions[candidate.key] = decision
+                    mine = [c for c in held if c.recorder == candidate.contributor]
+                    if len(mine) > MAX_CONSENTS_READ:
+                        decision = TOO_MANY
+                    else:
+                        fact = facts_from_index(
+                            candidate.resource_type,
+                            candidate.id,
+                            candidate.entries,
+                            contributor=candidate.contributor,
+                            contributor_kind=rules.partner_kinds.get(candidate.contributor or ""),
+                        )
+                        decision = decide(request, fact, mine, rules.policy, now)
+                    decided[key] = decision
+                if not decision.permit:
+                    continue
+                if not _shown_matches(session, candidate, decision.obligations, content):
+                    continue
+                released.add(candidate.key)
+                decisions[candidate.key] = decision
             return released
 
-        open_types = set(rules.policy.directory_types)
-        if _pins_one_patient(query):
-            # Break-glass reaches one survivor's record at a time, never a whole population.
-            for rule in rules.policy.emergency:
-                if self._requester.kind in rule.partner_kinds and not rule.purposes.isdisjoint(
-                    self._requester.purpose_of_use
-                ):
-                    open_types |= rule.resource_types
-        return ConsentReach(actor, frozenset(open_types), release, clauses)
+        return release
+
+    # -- explaining -------------------------------------------------------------------------
+
+    def explain(
+        self, partner_id: str, resource_type: str, resource_id: str, purposes: tuple[str, ...]
+    ) -> Decision:
+        """``Consent/$explain``: what ``decide`` answers for another partner, and why. For the
+        compliance and admin kinds, with the scopes to read the type (refused as a read is
+        otherwise); it discloses the decision, never the record."""
+        self._allow(resource_type, "read")
+        if self._requester.kind not in EXPLAINERS or self._rules is None:
+            self._refused("operation", resource_type, "not-an-explainer")
+            raise Forbidden("$explain is for compliance and administration")
+        kind = self._rules.partner_kinds.get(partner_id)
+        if kind is None:
+            raise NotFound("no such partner")
+        located = self._raw.locate(resource_type, resource_id)
+        if located is None:
+            target = f"{resource_type}/{resource_id}"
+            self._refused("operation", resource_type, "not-found", target=target)
+            raise not_found(resource_type, resource_id)
+        if located.deleted:
+            raise Gone(f"Resource {resource_type}/{resource_id} was deleted")
+        other = _requester(partner_id, kind, self._rules, purposes)
+        doc = orjson.loads(located.live.body)
+        self._trail.add(
+            Activity(
+                "operation",
+                resource_type,
+                target=located.live.reference,
+                target_patient=patient_of(doc),
+                subtypes=("consent-explain",),
+            )
+        )
+        if other.partner_id == located.contributor:
+            return CONTRIBUTOR
+        return self._decide_doc(self._raw, located.live, doc, request=self._access("read", other))
 
     # -- writing ----------------------------------------------------------------------------
 
-    def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
+    def _check_consent_write(self, resource: dict[str, Any], interaction: str) -> None:
+        """A Consent is its recorder's release of its own records: recorded by the advocates of
+        the kinds the policy names, for a Patient the recorder contributed itself (anything
+        else is refused alike: another partner's Patient, an absent one, an identifier or a
+        foreign reference), pointing at the signed form when the policy requires it."""
+        if resource.get("resourceType") != "Consent":
+            return
+        self._consents.clear()  # a later read in this unit of work must see the change
+        if self._rules is None:
+            return
+        policy = self._rules.policy
+        if self._requester.kind not in policy.consent_writers:
+            self._refused(interaction, "Consent", "consent-writing:kind-may-not-record")
+            raise Forbidden("this partner may not record Consents")
+        patient = resource.get("patient")
+        ref = parse_local(patient.get("reference")) if isinstance(patient, dict) else None
+        held = None
+        if ref is not None and ref.resource_type == "Patient" and ref.version is None:
+            held = self._raw.locate("Patient", ref.id)
+        if held is None or held.deleted or held.contributor != self._requester.partner_id:
+            self._refused(interaction, "Consent", "consent-writing:patient-not-held")
+            raise NotFound(
+                "Consent.patient names no Patient this partner holds",
+                issues=[
+                    Issue(
+                        "not-found",
+                        "Consent.patient must reference a Patient this partner contributed",
+                        expression=("Consent.patient",),
+                    )
+                ],
+            )
+        written = resource.get("sourceAttachment") or resource.get("sourceReference")
+        if policy.consent_needs_written_source and not written:
+            self._refused(interaction, "Consent", "consent-writing:no-signed-form")
+            raise Unprocessable(
+                "a Consent must point at the signed form",
+                issues=[
+                    Issue(
+                        "required",
+                        "a Consent must carry sourceAttachment or sourceReference",
+                        expression=("Consent.sourceAttachment", "Consent.sourceReference"),
+                    )
+                ],
+            )
+
+    def _labelled(self, resource: dict[str, Any]) -> dict[str, Any]:
+        if self._labels is None:
+            return resource
+        security = labels_for(resource, contributor_kind=self._requester.kind, tables=self._labels)
+        if not security:
+            return resource
+        return {**resource, "meta": {**(resource.get("meta") or {}), "security": security}}
+
+    def _require_own(self, resource_type: str, resource_id: str, interaction: str) -> Found:
+        """A record is changed only by the partner that contributed it. One the requester cannot
+        see (or that does not exist: nothing is created under a client's id) is answered as
+        absent; one it can see (a directory entry, a consented record) but did not contribute
+        is refused."""
+        found = self._find(resource_type, resource_id)
+        if found.own:
+            return found
+        if found.shown is None:
+            self._missing(interaction, resource_type, resource_id, found)
+        self._refused(
+            interaction,
+            resource_type,
+            "only-the-contributor-changes-a-record",
+            target=f"{resource_type}/{resource_id}",
+            patient=found.patient,
+        )
+        raise Forbidden("a record is changed only by the partner that contributed it")
+
+    def create(
+        self,
+        resource: dict[str, Any],
+        *,
+        contributor: str | None = None,
+        resource_id: str | None = None,
+    ) -> StoredResource:
         del contributor  # always the requester: a partner cannot write in another's name
         self._allow(resource["resourceType"], "create")
-        self._check_consent_write(resource)
-        stored = self._raw.create(self._labelled(resource), contributor=self._requester.partner_id)
+        self._check_consent_write(resource, "create")
+        stored = self._raw.create(
+            self._labelled(resource),
+            contributor=self._requester.partner_id,
+            resource_id=resource_id,
+        )
         self._wrote("create", stored)
         return stored
 
@@ -604,7 +838,7 @@ class ConsentedSession:
         del contributor
         self._allow(resource_type, "update")
         self._require_own(resource_type, resource_id, "update")
-        self._check_consent_write(resource)
+        self._check_consent_write(resource, "update")
         stored, created = self._raw.update(
             resource_type,
             resource_id,
@@ -617,14 +851,12 @@ class ConsentedSession:
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         self._allow(resource_type, "delete")
-        self._require_own(resource_type, resource_id, "delete")
+        found = self._require_own(resource_type, resource_id, "delete")
         if resource_type == "Consent":
             self._consents.clear()
-        try:
-            # The marker has no body: the event names the patient of what was deleted.
-            patient = patient_of(orjson.loads(self._raw.read(resource_type, resource_id).body))
-        except (NotFound, Gone):
-            patient = None
+        assert found.located is not None
+        # The marker has no body: the event names the patient of what was deleted.
+        patient = patient_of(orjson.loads(found.located.live.body))
         marker = self._raw.delete(resource_type, resource_id)
         if marker is not None:
             self._wrote("delete", marker, patient=patient)
@@ -638,13 +870,24 @@ class ConsentedSession:
             self._allow(resource["resourceType"], "update" if resource.get("id") else "create")
             if resource.get("id"):
                 self._require_own(resource["resourceType"], resource["id"], "update")
-            self._check_consent_write(resource)
+            self._check_consent_write(resource, "update" if resource.get("id") else "create")
         written = self._raw.write_many(
             [self._labelled(r) for r in resources], contributor=self._requester.partner_id
         )
         for stored in written:
             self._wrote("update" if stored.version_id > 1 else "create", stored)
         return written
+
+    def locate(self, resource_type: str, resource_id: str) -> Located | None:
+        """What a caller outside this class may learn of a record by id: only as ``read`` would
+        show it (the raw head is never handed out)."""
+        found = self._find(resource_type, resource_id)
+        if found.shown is None or found.located is None:
+            return None
+        return replace(found.located, live=found.shown)
+
+    def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
+        raise Forbidden("the consent probe is internal to the consent layer")
 
     def serialize(self, key: str) -> None:
         self._raw.serialize(key)
@@ -672,6 +915,15 @@ class ConsentedStore(ConsentedSession):
             yield ConsentedSession(session, self._requester, self._rules, self._trail)
 
 
+def _requester(
+    partner_id: str, kind: str, rules: ConsentRules, purposes: tuple[str, ...]
+) -> Requester:
+    from gateway.disclose.deps import Requester
+
+    organization = rules.partner_organizations.get(partner_id, f"Organization/{partner_id}")
+    return Requester(partner_id, kind, organization, (), purposes)
+
+
 def _redacted(
     stored: StoredResource, decision: Decision | None, doc: dict[str, Any] | None = None
 ) -> StoredResource:
@@ -683,28 +935,73 @@ def _redacted(
     return replace(stored, body=canonical(redact(body, decision.obligations)))
 
 
-def _reference_parts(reference: str) -> tuple[str, str] | None:
-    resource_type, _, resource_id = reference.partition("/")
-    return (resource_type, resource_id) if resource_type and resource_id else None
+def _touches(obligation: Obligation, clause: Clause, resource_type: str, inline: bool) -> bool:
+    """Whether redacting under ``obligation`` could remove a value ``clause`` reads."""
+    if obligation.action == "remove-labelled":
+        return inline
+    param = lookup(resource_type, clause.name)
+    paths = param.paths if param is not None else ()
+    if obligation.action == "keep-identifiers":
+        return any(p == "identifier" or p.startswith("identifier.") for p in paths)
+    if obligation.action == "remove":
+        return any(
+            p == e or p.startswith(f"{e}.") or e.startswith(f"{p}.")
+            for p in paths
+            for e in obligation.elements
+        )
+    return False  # notice: adds labels, removes nothing
+
+
+def _shown_matches(
+    session: StoreSession,
+    candidate: Candidate,
+    obligations: Sequence[Obligation],
+    clauses: Sequence[Clause],
+) -> bool:
+    """Whether a released record still meets the query's clauses as the recipient would be
+    shown it: a value only in an element its redaction removes never matches. Decrypted only
+    when an obligation could remove something a clause reads."""
+    inline = any(e.param == INLINE_LABEL_PARAM for e in candidate.entries)
+    affected = [
+        c
+        for c in clauses
+        if any(_touches(o, c, candidate.resource_type, inline) for o in obligations)
+    ]
+    if not affected:
+        return True
+    stored = session.read(candidate.resource_type, candidate.id)
+    shown = orjson.loads(_redacted(stored, Decision(True, "", None, None, tuple(obligations))).body)
+    entries = extract(shown)
+    return all(clause_matches(c, entries) for c in affected)
 
 
 PATIENT_PARAMS = frozenset({"patient", "subject"})
 
 
-def _pins_one_patient(query: SearchQuery) -> bool:
-    """Whether the search names one survivor: Patient by one ``_id`` or one full identifier,
-    or another type by one ``patient``/``subject`` reference to a Patient."""
+def _pinned_patient(query: SearchQuery) -> str | None:
+    """The one survivor a search names (a Patient by one ``_id``, another type by one
+    ``patient``/``subject`` reference to a Patient): the audit attributes the search to her,
+    even when it finds nothing."""
     for clause in query.clauses:
         if query.resource_type == "Patient":
             if clause.name == "_id" and len(clause.ids) == 1:
-                return True
-            if clause.name == "identifier" and len(clause.criteria) == 1:
-                (token,) = clause.criteria
-                if isinstance(token, TokenCriterion) and token.system and token.code:
-                    return True
+                return clause.ids[0]
         elif clause.name in PATIENT_PARAMS and len(clause.criteria) == 1:
             (ref,) = clause.criteria
             if isinstance(ref, ReferenceCriterion) and ref.ref_type in (None, "Patient"):
+                return ref.ref_id
+    return None
+
+
+def _pins_one_patient(query: SearchQuery) -> bool:
+    """Whether the search names one survivor by something else than her id: a Patient by one
+    full person identifier."""
+    if query.resource_type != "Patient":
+        return False
+    for clause in query.clauses:
+        if clause.name == "identifier" and len(clause.criteria) == 1:
+            (token,) = clause.criteria
+            if isinstance(token, TokenCriterion) and token.system and token.code:
                 return True
     return False
 

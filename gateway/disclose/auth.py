@@ -707,8 +707,8 @@ async def _read_form(request: Request) -> dict[str, str]:
 
 
 def auth_routes(tokens: TokenService | None, settings: Settings) -> list[BaseRoute]:
-    """``/.well-known/smart-configuration`` and ``/auth/token``. Without a token service (no
-    partners configured) the token endpoint refuses every client."""
+    """``/.well-known/smart-configuration`` (at the FHIR base and the root) and ``/auth/token``.
+    Without a token service (no partners configured) the token endpoint refuses every client."""
 
     async def configuration(_request: Request) -> Response:
         return Response(orjson.dumps(smart_configuration(settings)), media_type="application/json")
@@ -751,6 +751,13 @@ def auth_routes(tokens: TokenService | None, settings: Settings) -> list[BaseRou
         return Response(orjson.dumps(answer), headers=NO_STORE, media_type="application/json")
 
     return [
+        # Where SMART clients look (the FHIR base), and at the server root.
+        FhirRoute(
+            "/fhir/.well-known/smart-configuration",
+            configuration,
+            methods=["GET"],
+            interaction=None,
+        ),
         FhirRoute(
             "/.well-known/smart-configuration", configuration, methods=["GET"], interaction=None
         ),

@@ -26,6 +26,7 @@ from gateway.disclose.interactions import (
     bundle,
     check_id,
     check_type,
+    create_criteria,
     parse_if_match,
     parse_query_string,
 )
@@ -119,9 +120,10 @@ def _parse_entry(index: int, raw: Any) -> Entry:
         resource=resource,
         full_url=full_url if isinstance(full_url, str) else None,
         if_match=parse_if_match(request.get("ifMatch")),
-        if_none_exist=request.get("ifNoneExist")
-        if isinstance(request.get("ifNoneExist"), str)
-        else None,
+        if_none_exist=create_criteria(
+            parse_query_string(parts.query) if method == "POST" else [],
+            request.get("ifNoneExist") if isinstance(request.get("ifNoneExist"), str) else None,
+        ),
     )
 
 
@@ -193,15 +195,15 @@ class BundleProcessor:
             for entry in entries:
                 if entry.resource is not None and mapping:
                     entry.resource = _rewrite(entry.resource, mapping)
-            for entry in sorted(entries, key=lambda e: ORDER[e.method]):
+            for entry in sorted(entries, key=_run_order):
                 if entry.index in results:
                     continue
                 if entry.index in pending:
                     assert entry.resource is not None
-                    resource = {**entry.resource, "id": pending[entry.index]}
-                    stored, _ = session.update(
-                        resource["resourceType"], resource["id"], resource, if_match=None
+                    resource = self._ix.localised(
+                        {k: v for k, v in entry.resource.items() if k != "id"}
                     )
+                    stored = session.create(resource, resource_id=pending[entry.index])
                     results[entry.index] = Result(201, stored.body, {}, stored)
                 else:
                     results[entry.index] = self._run(session, entry, now)
@@ -265,6 +267,14 @@ class BundleProcessor:
             response["lastModified"] = fhir_instant(stored.last_updated)
         entry["response"] = response
         return entry
+
+
+def _run_order(entry: Entry) -> tuple[int, bool]:
+    """The FHIR order (DELETE, POST, PUT, GET), and within it Consents last: a Consent is
+    recorded for a Patient its recorder holds, which may be created earlier in the same
+    transaction."""
+    is_consent = entry.resource is not None and entry.resource.get("resourceType") == "Consent"
+    return ORDER[entry.method], is_consent
 
 
 def _validate(entry: Entry) -> None:

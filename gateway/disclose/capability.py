@@ -50,6 +50,9 @@ COMMON_SEARCH = (
     ("_lastUpdated", "date", "When the resource version last changed"),
 )
 
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+
 
 def wired(routes: Iterable[BaseRoute]) -> set[tuple[str, str]]:
     out = set()
@@ -92,7 +95,7 @@ def capability_statement(settings: Settings, now: datetime, routes: Iterable[Bas
                 "type": resource_type,
                 "versioning": "versioned-update",
                 "readHistory": True,
-                "updateCreate": True,
+                "updateCreate": False,
                 "conditionalCreate": True,
                 "conditionalUpdate": False,
                 "conditionalDelete": "not-supported",
@@ -136,7 +139,26 @@ def capability_statement(settings: Settings, now: datetime, routes: Iterable[Bas
             {
                 "mode": "server",
                 "security": {
+                    "extension": [
+                        {
+                            "url": OAUTH_URIS,
+                            "extension": [
+                                {"url": "token", "valueUri": f"{settings.base_url}/auth/token"}
+                            ],
+                        }
+                    ],
                     "cors": False,
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": SECURITY_SERVICE,
+                                    "code": "SMART-on-FHIR",
+                                    "display": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
                     "description": "Every request needs a bearer token (SMART Backend Services).",
                 },
                 "resource": resources,

@@ -19,12 +19,13 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from gateway.errors import BadRequest, Gone, Issue, NotFound, PreconditionFailed
+from gateway.errors import BadRequest, Gone, Issue, NotFound, PreconditionFailed, not_found
 from gateway.outcomes import information
 from gateway.store.port import StoredResource, StoreSession
 from gateway.store.query import SearchQuery, parse_search
 from gateway.store.records import fhir_instant
 from gateway.store.searchparams import RESOURCE_TYPES
+from gateway.vocabulary.references import localise
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_QUERY_FIELDS = 100
@@ -120,7 +121,7 @@ class Interactions:
         check_type(resource_type)
         check_id(resource_id)
         if not version.isdigit() or len(version) > 9:
-            raise NotFound(f"Resource {resource_type}/{resource_id} has no such version")
+            raise not_found(resource_type, resource_id)
         return self._resource_result(session.vread(resource_type, resource_id, int(version)))
 
     def _write_result(self, stored: StoredResource, status: int, prefer: Prefer) -> Result:
@@ -150,7 +151,13 @@ class Interactions:
             existing = self.find_existing(session, resource_type, if_none_exist)
             if existing is not None:
                 return self._write_result(existing, 200, prefer)
-        return self._write_result(session.create(resource), 201, prefer)
+        return self._write_result(session.create(self.localised(resource)), 201, prefer)
+
+    def localised(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """The resource as stored: references to this gateway's own base made relative, so
+        that every absolute reference left names another server."""
+        localised: dict[str, Any] = localise(resource, self.base)
+        return localised
 
     def find_existing(
         self, session: StoreSession, resource_type: str, criteria: str
@@ -185,7 +192,9 @@ class Interactions:
                 "the resource id must match the id in the URL",
                 issues=[Issue("invalid", "id does not match the URL", expression=("id",))],
             )
-        stored, created = session.update(resource_type, resource_id, resource, if_match=if_match)
+        stored, created = session.update(
+            resource_type, resource_id, self.localised(resource), if_match=if_match
+        )
         return self._write_result(stored, 201 if created else 200, prefer)
 
     def delete(self, session: StoreSession, resource_type: str, resource_id: str) -> Result:
@@ -335,6 +344,23 @@ def bundle(
 def _with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
     query = urlencode(list(params))
     return f"{url}?{query}" if query else url
+
+
+NOT_CRITERIA = frozenset({"_format", "_pretty"})
+
+
+def create_criteria(query: Sequence[tuple[str, str]], if_none_exist: str | None) -> str | None:
+    """A create's conditional criteria: ``If-None-Exist``, or the query string (how some FHIR
+    clients ask for a conditional create: ``POST /Patient?identifier=…``). A query string is
+    never ignored: both at once is a 400, as is a query string of anything but criteria."""
+    criteria = [(n, v) for n, v in query if n not in NOT_CRITERIA]
+    if not criteria:
+        return if_none_exist or None
+    if if_none_exist:
+        raise BadRequest("a create takes If-None-Exist or search criteria in the URL, not both")
+    if any(n.startswith("_") and n not in ("_id", "_lastUpdated") for n, _ in criteria):
+        raise BadRequest("a create's query string may carry only search criteria")
+    return urlencode(criteria)
 
 
 def parse_query_string(text: str) -> list[tuple[str, str]]:

@@ -43,6 +43,7 @@ from gateway.disclose.interactions import (
     Result,
     check_id,
     check_type,
+    create_criteria,
     parse_if_match,
     parse_query_string,
 )
@@ -50,8 +51,6 @@ from gateway.disclose.scopes import ScopeGrant
 from gateway.errors import (
     BadRequest,
     GatewayError,
-    Gone,
-    NotFound,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -246,7 +245,9 @@ class FhirEndpoints:
         )
         resource = validate_resource(doc, allowed_types=RESOURCE_TYPES, expected_type=resource_type)
         preference = Prefer.parse(request.headers.get("prefer"))
-        if_none_exist = request.headers.get("if-none-exist")
+        if_none_exist = create_criteria(
+            list(request.query_params.multi_items()), request.headers.get("if-none-exist")
+        )
         if if_none_exist:
 
             def conditional_create() -> Result:
@@ -399,10 +400,11 @@ def _directory_entries(store: ConsentedStore, page: AuditPage) -> dict[str, dict
         for agent in event.get("agent") or ():
             ref = (agent.get("who") or {}).get("reference", "")
             if agent.get("requestor") and ref.startswith("Organization/") and ref not in out:
-                try:
-                    out[ref] = orjson.loads(store.read("Organization", ref.split("/", 1)[1]).body)
-                except (NotFound, Gone):
-                    continue
+                # Looked up as the reviewer may see it; a directory lookup, not a read she asked
+                # for, so not an audited interaction of its own.
+                found = store.locate("Organization", ref.split("/", 1)[1])
+                if found is not None and not found.deleted:
+                    out[ref] = orjson.loads(found.live.body)
     return out
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 from gateway.clock import Clock
-from gateway.errors import Conflict, Gone, NotFound, PreconditionFailed, not_found
-from gateway.store.port import HistoryPage, SearchPage, StoredResource
+from gateway.errors import Conflict, Gone, PreconditionFailed, not_found
+from gateway.store.port import HistoryPage, Located, SearchPage, StoredResource
 from gateway.store.query import (
     Candidate,
     Clause,
@@ -28,7 +28,16 @@ from gateway.store.query import (
     date_matches,
 )
 from gateway.store.records import PreparedVersion, new_id, prepare
-from gateway.store.searchparams import FACT_PARAM_NAMES, IndexEntry, extract, stamp
+from gateway.store.searchparams import (
+    ANY_ACTOR_ENTRY,
+    ANY_PATIENT_ENTRY,
+    CONSENT_ACTOR,
+    CONSENT_PATIENT,
+    FACT_PARAM_NAMES,
+    IndexEntry,
+    extract,
+    stamp,
+)
 
 
 @dataclass
@@ -67,9 +76,25 @@ class MemoryStore:
                 self._state.heads, self._state.next_rid = snapshot.heads, snapshot.next_rid
                 raise
 
-    def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
+    def create(
+        self,
+        resource: dict[str, Any],
+        *,
+        contributor: str | None = None,
+        resource_id: str | None = None,
+    ) -> StoredResource:
         with self.transaction() as s:
-            return s.create(resource, contributor=contributor)
+            return s.create(resource, contributor=contributor, resource_id=resource_id)
+
+    def locate(self, resource_type: str, resource_id: str) -> Located | None:
+        with self._lock:
+            return _MemorySession(self._state, self._clock).locate(resource_type, resource_id)
+
+    def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
+        with self._lock:
+            return _MemorySession(self._state, self._clock).consent_probe(
+                patient_id, recorder=recorder, actor=actor
+            )
 
     def update(
         self,
@@ -166,7 +191,7 @@ class _MemorySession:
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         head = self._head(resource_type, resource_id)
         if head is None or not 1 <= version_id <= len(head.versions):
-            raise NotFound(f"Resource {resource_type}/{resource_id} has no version {version_id}")
+            raise not_found(resource_type, resource_id)
         version = head.versions[version_id - 1]
         if version.deleted:
             raise Gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
@@ -215,10 +240,43 @@ class _MemorySession:
         self._state.heads[(resource_type, resource_id)] = head
         return head
 
-    def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
-        version = prepare(resource, new_id(), 1, self._clock.now())
+    def create(
+        self,
+        resource: dict[str, Any],
+        *,
+        contributor: str | None = None,
+        resource_id: str | None = None,
+    ) -> StoredResource:
+        version = prepare(resource, resource_id or new_id(), 1, self._clock.now())
         head = self._new_head(version.resource_type, version.id, contributor)
         return self._write(head, version)
+
+    def locate(self, resource_type: str, resource_id: str) -> Located | None:
+        head = self._head(resource_type, resource_id)
+        if head is None:
+            return None
+        live = next(v for v in reversed(head.versions) if not v.deleted)
+        return Located(head.current.version_id, head.current.deleted, head.contributor, live)
+
+    def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
+        for head in self._state.heads.values():
+            if head.resource_type != "Consent" or head.contributor != recorder:
+                continue
+            if head.current.deleted:
+                continue
+            index = set(head.index)
+            actors = {
+                IndexEntry(CONSENT_ACTOR, ref_type=actor[0], ref_id=actor[1]),
+                ANY_ACTOR_ENTRY,
+            }
+            patients = {IndexEntry(CONSENT_PATIENT, ref_type="Patient", ref_id=patient_id)}
+            if (
+                index & actors
+                and index & {*patients, ANY_PATIENT_ENTRY}
+                and IndexEntry("status", code="active") in index
+            ):
+                return True
+        return False
 
     def update(
         self,
@@ -324,9 +382,10 @@ class _MemorySession:
 
         directions = [desc for _, desc in query.sort] + [False]
         ordered = sorted(hits, key=lambda h: _SortKey(key(h), directions))
-        after = query.cursor.after if query.cursor else True
-        if query.cursor is not None:
-            mark = _SortKey(query.cursor.key, directions)
+        cursor = query.position()
+        after = cursor.after if cursor else True
+        if cursor is not None:
+            mark = _SortKey(cursor.key, directions)
             if after:
                 ordered = [h for h in ordered if _SortKey(key(h), directions) > mark]
             else:
@@ -342,7 +401,7 @@ class _MemorySession:
         if page:
             if (more and after) or not after:
                 next_cursor = Cursor(key(page[-1]), after=True).encode()
-            if query.cursor is not None and (after or more):
+            if cursor is not None and (after or more):
                 prev_cursor = Cursor(key(page[0]), after=False).encode()
         included = self._included(query, page)
         return SearchPage([h.current for h in page], total, next_cursor, prev_cursor, included)

@@ -53,10 +53,41 @@ class HistoryPage:
     next_before: int | None = None  # version id to continue below
 
 
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A record as the doors that address one by id first find it: its head (current version,
+    deleted or not, contributor) and ``live``, the newest version that has a body (the current
+    one; for a deleted record the last one before the deletion)."""
+
+    version_id: int
+    deleted: bool
+    contributor: str | None
+    live: StoredResource
+
+
 class StoreSession(Protocol):
     def create(
-        self, resource: dict[str, Any], *, contributor: str | None = None
-    ) -> StoredResource: ...
+        self,
+        resource: dict[str, Any],
+        *,
+        contributor: str | None = None,
+        resource_id: str | None = None,
+    ) -> StoredResource:
+        """A new resource, under ``resource_id`` when given (a transaction assigns ids to its
+        entries before it runs them), else a fresh id; Conflict when the id is taken."""
+        ...
+
+    def locate(self, resource_type: str, resource_id: str) -> Located | None:
+        """The record's head and newest live version, in one lookup; None when absent."""
+        ...
+
+    def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
+        """Whether an active Consent of ``patient_id`` recorded by ``recorder`` names ``actor``
+        (an Organization) anywhere in its provisions: the only Consents that can release that
+        recorder's records of her to that actor. An index lookup whose cost does not depend on
+        the patient or recorder existing, so that asking about a record that is hidden costs
+        what asking about one that never existed costs."""
+        ...
 
     def update(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from gateway.store.searchparams import (
     normalise,
     parse_date_range,
 )
+from gateway.vocabulary.codesystems import canonical_system
+from gateway.vocabulary.references import ID_PATTERN, TYPE_PATTERN
 
 if TYPE_CHECKING:
     from gateway.store.port import StoreSession
@@ -99,16 +102,27 @@ class Cursor:
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, token: str) -> Cursor:
+    def decode(cls, token: str, sort: tuple[tuple[str, bool], ...] = ()) -> Cursor:
+        """The position in ``token``, whose key must have the shape of ``sort``'s: one string
+        per sort field, then the row number."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             doc = orjson.loads(raw)
             key = tuple(doc["k"])
-            if not all(isinstance(k, str | int) and not isinstance(k, bool) for k in key):
-                raise ValueError
-            return cls(key, bool(doc["a"]))
+            after = doc["a"]
         except (binascii.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise BadRequest("_cursor is not a valid paging token") from exc
+        shaped = (
+            isinstance(after, bool)
+            and len(key) == len(sort) + 1
+            and all(isinstance(k, str) and len(k) <= 64 for k in key[:-1])
+            and isinstance(key[-1], int)
+            and not isinstance(key[-1], bool)
+            and 0 <= key[-1] < 2**63
+        )
+        if not shaped:
+            raise BadRequest("_cursor does not belong to this search")
+        return cls(key, after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +132,8 @@ class SearchQuery:
     sort: tuple[tuple[str, bool], ...] = ()  # (field, descending); field: _lastUpdated | _id
     count: int = 50
     cursor: Cursor | None = None
+    # The client's ``_cursor`` as sent (sealed); see ``gateway.store.paging``.
+    cursor_token: str | None = field(default=None, compare=False)
     includes: tuple[Include, ...] = ()
     revincludes: tuple[Include, ...] = ()
     summary_count: bool = False
@@ -131,6 +147,13 @@ class SearchQuery:
     # it see: conditional create asks "do I already have this?", and a match on another
     # partner's record would answer with an id the requester cannot update.
     held_only: bool = False
+
+    def position(self) -> Cursor | None:
+        """Where the page starts: the consent layer opens a client's sealed token into
+        ``cursor``; a trusted caller of the raw store may pass the store's own token."""
+        if self.cursor is not None or self.cursor_token is None:
+            return self.cursor
+        return Cursor.decode(self.cursor_token, self.sort)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +219,33 @@ class Visibility:
 
 SORTABLE = frozenset({"_lastUpdated", "_id"})
 
+# Caps on the work one search may ask for, whatever door it came in by (a GET query string, a
+# POST _search form, a Bundle entry URL, If-None-Exist). Real FHIR clients (SMART apps, US Core
+# and IPS queries, our partners' adapters) send 1-5 parameters with a handful of values each;
+# the caps leave several times that headroom and refuse the rest with a 400 that names the
+# parameter, before any SQL is built. Every clause is a subquery and every OR-ed value one to
+# three bound parameters, so 20 clauses x 100 values in all stays far below SQLite's bound
+# parameter limit and keeps a PostgreSQL plan small (150 clauses took 14 s before the cap).
+MAX_SEARCH_ITEMS = 100  # name=value pairs of any kind (as parse_query_string's MAX_QUERY_FIELDS)
+MAX_SEARCH_CLAUSES = 20  # criteria parameters (AND-ed): each one is a subquery
+MAX_OR_VALUES = 100  # OR-ed values across the whole query (100 UUIDs in an _id list fit)
+MAX_VALUE_CHARS = 512  # one value: ids are 64, a system|code or a canonical URL a few hundred
+MAX_PARAM_CHARS = 8192  # one raw parameter value before splitting (bounds the split itself; a
+# sealed _cursor is about 250 characters, and paging.CursorSeal refuses tokens over ~5,500)
+MAX_INCLUDES = 10  # _include and _revinclude together: each is one more query
+# A parameter name as FHIR spells one: name[:modifier], chains with "." (refused later, naming
+# it). Anything else is refused without being repeated back.
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.:]{0,99}")
+# C0 controls and DEL (PostgreSQL text cannot hold NUL; none belongs in a search value), and
+# unpaired surrogates (not encodable as UTF-8: the driver would fail on them).
+FORBIDDEN_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+# The FHIR search forms of a date, dateTime or instant (after the prefix), and no others:
+# Python's ISO parsers accept more (basic format, week dates, a space for "T", other digits).
+DATE_VALUE = re.compile(
+    r"[0-9]{4}(-[0-9]{2}(-[0-9]{2}"
+    r"(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
+)
+
 
 def parse_search(
     resource_type: str,
@@ -208,7 +258,7 @@ def parse_search(
     clauses: list[Clause] = []
     sort: tuple[tuple[str, bool], ...] = ()
     count = default_count
-    cursor: Cursor | None = None
+    cursor_token: str | None = None
     includes: list[Include] = []
     revincludes: list[Include] = []
     summary_count = False
@@ -216,7 +266,13 @@ def parse_search(
     echo: list[tuple[str, str]] = []
     problems: list[Issue] = []
 
-    for raw_name, value in items:
+    criteria_params = or_values = 0
+    for position, (raw_name, value) in enumerate(items):
+        if position == MAX_SEARCH_ITEMS:
+            raise _refused(
+                f"a search takes at most {MAX_SEARCH_ITEMS} parameters", None, "too-costly"
+            )
+        _check_item(raw_name, value)
         name, _, modifier = raw_name.partition(":")
         if raw_name != "_cursor":
             echo.append((raw_name, value))
@@ -230,33 +286,51 @@ def parse_search(
                 if value == "count":
                     summary_count = True
                 elif value != "false":
-                    problems.append(_unsupported(f"_summary={value} is not supported", "_summary"))
+                    problems.append(_unsupported("_summary must be count or false", "_summary"))
             elif name == "_include":
                 includes.append(_parse_include(resource_type, value, modifier, reverse=False))
             elif name == "_revinclude":
                 revincludes.append(_parse_include(resource_type, value, modifier, reverse=True))
             elif name == "_cursor":
-                cursor = Cursor.decode(value)
+                # Opaque to the client: the consent layer opens it (bound to the requester and
+                # this query) and hands the store the position (``Cursor``).
+                cursor_token = value
             elif name == "_total":
                 if value not in ("none", "estimate", "accurate"):
-                    raise BadRequest("_total must be none, estimate or accurate")
+                    raise _refused("_total must be none, estimate or accurate", "_total")
                 with_total = value != "none"
+            if len(includes) + len(revincludes) > MAX_INCLUDES:
+                raise _refused(
+                    f"a search takes at most {MAX_INCLUDES} _include and _revinclude in all",
+                    name,
+                    "too-costly",
+                )
             continue
+        criteria_params += 1
+        if criteria_params > MAX_SEARCH_CLAUSES:
+            raise _refused(
+                f"a search takes at most {MAX_SEARCH_CLAUSES} search criteria", name, "too-costly"
+            )
         try:
-            clauses.append(_parse_clause(resource_type, name, modifier or None, value))
+            clause = _parse_clause(resource_type, name, modifier or None, value)
         except UnknownParameter as exc:
             if not lenient:
                 problems.extend(exc.issues)
+            continue
+        clauses.append(clause)
+        or_values += max(1, len(clause.criteria) + len(clause.ids))
+        if or_values > MAX_OR_VALUES:
+            raise _refused(
+                f"a search takes at most {MAX_OR_VALUES} values in all", name, "too-costly"
+            )
     if problems:
         raise UnknownParameter(problems[0].diagnostics, issues=problems)
-    if cursor is not None and len(cursor.key) != len(sort) + 1:
-        raise BadRequest("_cursor does not belong to this search")
     return SearchQuery(
         resource_type=resource_type,
         clauses=tuple(clauses),
         sort=sort,
         count=count,
-        cursor=cursor,
+        cursor_token=cursor_token,
         includes=tuple(includes),
         revincludes=tuple(revincludes),
         summary_count=summary_count,
@@ -269,22 +343,47 @@ def _unsupported(message: str, name: str) -> Issue:
     return Issue(code="not-supported", diagnostics=message, expression=(name,))
 
 
+def _refused(message: str, name: str | None, code: str = "invalid") -> BadRequest:
+    """A 400 naming the parameter (``name``; None when the name itself is unfit to repeat),
+    never its value."""
+    return BadRequest(message, issues=[Issue(code, message, expression=(name,) if name else ())])
+
+
+def _check_item(raw_name: str, value: str) -> None:
+    if not NAME_PATTERN.fullmatch(raw_name):
+        raise _refused("a search parameter name is malformed", None)
+    if FORBIDDEN_CHARS.search(value):
+        raise _refused(f"search parameter {raw_name} contains a control character", raw_name)
+    name = raw_name.partition(":")[0]
+    # Criteria are split on commas and each value is held to MAX_VALUE_CHARS (_or_values);
+    # a result parameter is one value, except _cursor (a sealed token, opened elsewhere).
+    single = name in CONTROL_PARAMS and name != "_cursor"
+    limit = MAX_VALUE_CHARS if single else MAX_PARAM_CHARS
+    if len(value) > limit:
+        raise _refused(
+            f"search parameter {raw_name} is longer than {limit} characters", raw_name, "too-long"
+        )
+
+
 def _parse_count(value: str, max_count: int) -> int:
-    if not value.isdigit():
-        raise BadRequest("_count must be a non-negative integer")
-    return min(int(value), max_count)
+    if not (value.isascii() and value.isdigit()):
+        raise _refused("_count must be a non-negative integer", "_count")
+    digits = value.lstrip("0")
+    return max_count if len(digits) > 9 else min(int(digits or "0"), max_count)
 
 
 def _parse_sort(value: str) -> tuple[tuple[str, bool], ...]:
-    out = []
+    out: list[tuple[str, bool]] = []
     for part in value.split(","):
         desc = part.startswith("-")
         field_name = part[1:] if desc else part
         if field_name not in SORTABLE:
             raise UnknownParameter(
-                f"_sort by {field_name!r} is not supported (use _lastUpdated or _id)",
+                "_sort by that field is not supported (use _lastUpdated or _id)",
                 issues=[_unsupported("_sort parameter not supported", "_sort")],
             )
+        if any(f == field_name for f, _ in out):
+            raise _refused("_sort names a field twice", "_sort")
         out.append((field_name, desc))
     return tuple(out)
 
@@ -302,7 +401,10 @@ def _parse_include(resource_type: str, value: str, modifier: str, *, reverse: bo
         raise BadRequest(f"{label} source type must be {resource_type}")
     param = lookup(source, param_name)
     if param is None or param.kind is not Kind.REFERENCE:
-        raise UnknownParameter(f"{label} names no reference parameter {source}:{param_name}")
+        raise UnknownParameter(
+            f"{label} names no reference parameter of this server",
+            issues=[_unsupported(f"{label} names no reference parameter", label)],
+        )
     if reverse and target is not None and target != resource_type:
         raise BadRequest(f"{label} target type must be {resource_type}")
     return Include(source, param_name, target)
@@ -311,8 +413,12 @@ def _parse_include(resource_type: str, value: str, modifier: str, *, reverse: bo
 def _parse_clause(resource_type: str, name: str, modifier: str | None, value: str) -> Clause:
     if name == "_id":
         if modifier:
-            raise UnknownParameter(f"modifier :{modifier} is not supported on _id")
-        return Clause("_id", Kind.TOKEN, None, ids=tuple(_split_or(value)))
+            message = f"modifier :{modifier} is not supported on _id"
+            raise UnknownParameter(message, issues=[_unsupported(message, f"_id:{modifier}")])
+        ids = _or_values("_id", value)
+        if not all(ID_PATTERN.fullmatch(i) for i in ids):
+            raise _refused("_id values must be FHIR ids", "_id")
+        return Clause("_id", Kind.TOKEN, None, ids=tuple(ids))
     param: SearchParam | None
     if name == "_lastUpdated":
         kind = Kind.DATE
@@ -320,7 +426,8 @@ def _parse_clause(resource_type: str, name: str, modifier: str | None, value: st
         param = lookup(resource_type, name)
         if param is None:
             if "." in name:
-                raise UnknownParameter(f"chained parameter {name!r} is not supported")
+                message = f"chained parameter {name!r} is not supported"
+                raise UnknownParameter(message, issues=[_unsupported(message, name)])
             raise UnknownParameter(
                 f"unknown search parameter {name!r} for {resource_type}",
                 issues=[_unsupported(f"unknown search parameter {name!r}", name)],
@@ -335,14 +442,14 @@ def _parse_clause(resource_type: str, name: str, modifier: str | None, value: st
         if value not in ("true", "false"):
             raise BadRequest(f"{name}:missing must be true or false")
         return Clause(name, kind, modifier, missing=value == "true")
-    values = _split_or(value)
+    values = _or_values(name, value)
     if not values:
         raise BadRequest(f"search parameter {name} has no value")
     criteria: tuple[Criterion, ...]
     if kind is Kind.TOKEN:
         criteria = tuple(_token(v) for v in values)
     elif kind is Kind.REFERENCE:
-        criteria = tuple(_reference(v) for v in values)
+        criteria = tuple(_reference_value(name, v) for v in values)
     elif kind is Kind.DATE:
         criteria = tuple(_date(name, v) for v in values)
     elif modifier == "exact" or kind is Kind.URI:
@@ -370,11 +477,27 @@ def _split_or(value: str) -> list[str]:
     return [v for v in out if v != ""]
 
 
+def _or_values(name: str, value: str) -> list[str]:
+    values = _split_or(value)
+    if len(values) > MAX_OR_VALUES:
+        raise _refused(
+            f"search parameter {name} takes at most {MAX_OR_VALUES} values", name, "too-costly"
+        )
+    if any(len(v) > MAX_VALUE_CHARS for v in values):
+        raise _refused(
+            f"a value of search parameter {name} is longer than {MAX_VALUE_CHARS} characters",
+            name,
+            "too-long",
+        )
+    return values
+
+
 def _token(value: str) -> TokenCriterion:
     if "|" not in value:
         return TokenCriterion(None, value)
     system, _, code = value.partition("|")
-    return TokenCriterion(system, code or None)
+    # Compared with the index's canonical systems: an alias (OID, https, ...) finds the same.
+    return TokenCriterion(canonical_system(system), code or None)
 
 
 def _reference(value: str) -> ReferenceCriterion:
@@ -384,14 +507,28 @@ def _reference(value: str) -> ReferenceCriterion:
     return ReferenceCriterion(None, parts[0])
 
 
+def _reference_value(name: str, value: str) -> ReferenceCriterion:
+    """A reference value names a record (``[Type/]id``, or a URL ending so): its id must be a
+    FHIR id and its type a type name, or it could match nothing the index holds."""
+    criterion = _reference(value)
+    if not ID_PATTERN.fullmatch(criterion.ref_id) or (
+        criterion.ref_type is not None and not TYPE_PATTERN.fullmatch(criterion.ref_type)
+    ):
+        raise _refused(f"{name} must be a reference [Type/]id with a FHIR id", name)
+    return criterion
+
+
 def _date(name: str, value: str) -> DateCriterion:
     prefix = value[:2] if value[:2] in DATE_PREFIXES else "eq"
     body = value[2:] if value[:2] in DATE_PREFIXES else value
     if prefix not in SUPPORTED_DATE_PREFIXES:
-        raise UnknownParameter(f"date prefix {prefix!r} is not supported on {name}")
+        message = f"date prefix {prefix!r} is not supported on {name}"
+        raise UnknownParameter(message, issues=[_unsupported(message, name)])
     try:
+        if not DATE_VALUE.fullmatch(body):
+            raise ValueError
         low, high = parse_date_range(body)
-    except BadRequest as exc:
+    except (BadRequest, ValueError, OverflowError) as exc:  # overflow: 9999-12-31, year 1-14h
         raise BadRequest(
             f"{name} is not a valid FHIR date",
             issues=[Issue("invalid", f"{name} is not a valid FHIR date", expression=(name,))],

@@ -15,6 +15,9 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from gateway.errors import BadRequest
+from gateway.vocabulary.codesystems import canonical_system
+from gateway.vocabulary.references import parse_local
+from gateway.vocabulary.security import INLINE_LABEL
 
 
 class Kind(StrEnum):
@@ -170,6 +173,13 @@ PARAMS: dict[str, tuple[SearchParam, ...]] = {
 
 CONSENT_PATIENT = "_consent-patient"
 CONSENT_ACTOR = "_consent-actor"
+ANY_PATIENT = "*"  # not a FHIR id, so never a real patient's
+ANY_PATIENT_ENTRY = IndexEntry(CONSENT_PATIENT, ref_type="Patient", ref_id=ANY_PATIENT)
+# An actor a Consent names that is not a local record (a foreign URL, an identifier): a deny
+# naming it applies to every requester (fail closed), so the probe must find it too.
+ANY_ACTOR_ENTRY = IndexEntry(CONSENT_ACTOR, ref_type="*", ref_id="*")
+# The labels carried inline by elements of a resource (DS4P): a redaction may remove them.
+INLINE_LABEL_PARAM = "_consent-inline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +291,7 @@ FACT_PARAMS: dict[str, tuple[SearchParam, ...]] = {
 }
 FACT_PARAMS["Consent"] += (SearchParam(CONSENT_ACTOR, Kind.REFERENCE, _ACTOR_PATHS),)
 FACT_PARAM_NAMES = frozenset(
-    {"_security", *(p.name for params in FACT_PARAMS.values() for p in params)}
+    {"_security", INLINE_LABEL_PARAM, *(p.name for params in FACT_PARAMS.values() for p in params)}
 )
 
 RESOURCE_TYPES: tuple[str, ...] = tuple(PARAMS)
@@ -336,7 +346,31 @@ def extract(resource: dict[str, Any]) -> list[IndexEntry]:
         for value in values_at(resource, steps):
             for entry in _entries(param, value):
                 entries[entry] = None
+    if resource["resourceType"] == "Consent" and not any(
+        e.param == CONSENT_PATIENT for e in entries
+    ):
+        # A Consent whose patient cannot be read still denies (for every patient of its
+        # recorder): it is filed under every patient, so that it is read with each one's.
+        entries[ANY_PATIENT_ENTRY] = None
+    for label in sorted(_inline_labels(resource)):
+        entries[IndexEntry(INLINE_LABEL_PARAM, code=label)] = None
     return list(entries)
+
+
+def _inline_labels(resource: dict[str, Any]) -> set[str]:
+    found: set[str] = set()
+    stack: list[Any] = [resource]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("url") == INLINE_LABEL:
+                coding = node.get("valueCoding")
+                if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                    found.add(coding["code"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 def values_at(resource: Any, steps: Sequence[str]) -> list[Any]:
@@ -360,6 +394,9 @@ def values_at(resource: Any, steps: Sequence[str]) -> list[Any]:
 def _entries(param: SearchParam, value: Any) -> Iterator[IndexEntry]:
     if param.kind is Kind.TOKEN:
         yield from _tokens(param.name, value)
+    elif param.name == CONSENT_ACTOR:
+        ref = _reference(value)
+        yield IndexEntry(param.name, ref_type=ref[0], ref_id=ref[1]) if ref else ANY_ACTOR_ENTRY
     elif param.kind is Kind.REFERENCE:
         ref = _reference(value)
         if ref and (not param.targets or ref[0] in param.targets):
@@ -373,6 +410,9 @@ def _entries(param: SearchParam, value: Any) -> Iterator[IndexEntry]:
 
 
 def _tokens(name: str, value: Any) -> Iterator[IndexEntry]:
+    """Token rows. Systems are indexed canonical (``gateway.vocabulary.codesystems``: an alias
+    of a listed code system as its URI, any other system as written), so that search and
+    consent compare one code system alike however it was spelt; the resource keeps its own."""
     if isinstance(value, bool):
         yield IndexEntry(name, code="true" if value else "false")
     elif isinstance(value, str):
@@ -381,24 +421,20 @@ def _tokens(name: str, value: Any) -> Iterator[IndexEntry]:
         if "coding" in value:  # CodeableConcept
             for coding in value.get("coding") or []:
                 if isinstance(coding, dict) and coding.get("code"):
-                    yield IndexEntry(name, system=coding.get("system"), code=coding["code"])
+                    system = canonical_system(coding.get("system"))
+                    yield IndexEntry(name, system=system, code=coding["code"])
         elif "value" in value and isinstance(value["value"], str):  # Identifier
-            yield IndexEntry(name, system=value.get("system"), code=value["value"])
+            system = canonical_system(value.get("system"))
+            yield IndexEntry(name, system=system, code=value["value"])
         elif value.get("code"):  # Coding
-            yield IndexEntry(name, system=value.get("system"), code=value["code"])
+            yield IndexEntry(name, system=canonical_system(value.get("system")), code=value["code"])
 
 
 def _reference(value: Any) -> tuple[str, str] | None:
-    ref = value.get("reference") if isinstance(value, dict) else None
-    if not isinstance(ref, str):
-        return None
-    parts = ref.split("/")
-    # Relative "Type/id" or absolute ".../Type/id[/_history/n]"
-    if len(parts) >= 4 and parts[-2] == "_history":
-        parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2][:1].isupper():
-        return parts[-2], parts[-1]
-    return None
+    """A local reference only: relative ``Type/id[/_history/n]``; an absolute URL names another
+    server (``gateway.vocabulary.references``)."""
+    ref = parse_local(value.get("reference")) if isinstance(value, dict) else None
+    return (ref.resource_type, ref.id) if ref is not None else None
 
 
 def normalise(text: str) -> str:

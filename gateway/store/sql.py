@@ -47,13 +47,12 @@ from gateway.clock import Clock
 from gateway.errors import (
     Conflict,
     Gone,
-    NotFound,
     PreconditionFailed,
     ServiceUnavailable,
     not_found,
 )
 from gateway.keys import DecryptionError, FileKeyRing, KeyRing
-from gateway.store.port import HistoryPage, SearchPage, StoredResource
+from gateway.store.port import HistoryPage, Located, SearchPage, StoredResource
 from gateway.store.query import (
     Candidate,
     Clause,
@@ -116,6 +115,10 @@ class SqlStore:
     def _ring(self) -> KeyRing:
         return self._keys.current() if isinstance(self._keys, FileKeyRing) else self._keys
 
+    def key_ring(self) -> KeyRing:
+        """The key ring as it is now (the app derives its paging-token key from it)."""
+        return self._ring()
+
     @contextmanager
     def _session(self, *, write: bool, op: str) -> Iterator[_SqlSession]:
         started = time.perf_counter()
@@ -142,9 +145,27 @@ class SqlStore:
         with self._session(write=True, op="transaction") as session:
             yield session
 
-    def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
+    def create(
+        self,
+        resource: dict[str, Any],
+        *,
+        contributor: str | None = None,
+        resource_id: str | None = None,
+    ) -> StoredResource:
         with self._session(write=True, op="create") as s:
-            return s.create(resource, contributor=contributor)
+            return s.create(resource, contributor=contributor, resource_id=resource_id)
+
+    def locate(self, resource_type: str, resource_id: str) -> Located | None:
+        """The head and newest live version: one prepared statement on a reader connection,
+        like ``read`` (every door that addresses a record by id starts here)."""
+        row = self._driver_fetch("locate", self._sql.locate, (resource_type, resource_id))
+        return _located(self._ring(), resource_type, resource_id, row)
+
+    def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
+        row = self._driver_fetch(
+            "consent_probe", self._sql.consent_probe, (actor[0], actor[1], recorder, patient_id)
+        )
+        return row is not None
 
     def update(
         self,
@@ -167,16 +188,7 @@ class SqlStore:
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
         """The hot path: one prepared statement on a pooled driver connection (no SQLAlchemy
         statement building, no explicit transaction: one SELECT is its own snapshot)."""
-        started = time.perf_counter()
-        dbapi = self._engine.dialect.dbapi
-        assert dbapi is not None
-        try:
-            row = self._fetch_current(resource_type, resource_id)
-        except dbapi.Error as exc:
-            raise ServiceUnavailable("the database is unavailable") from exc
-        finally:
-            if self._on_timing is not None:
-                self._on_timing("read", time.perf_counter() - started)
+        row = self._driver_fetch("read", self._sql.read_current, (resource_type, resource_id))
         if row is None:
             raise not_found(resource_type, resource_id)
         version_id, last_updated, deleted, key_id, payload, contributor = row
@@ -193,7 +205,20 @@ class SqlStore:
             contributor,
         )
 
-    def _fetch_current(self, resource_type: str, resource_id: str) -> Any:
+    def _driver_fetch(self, op: str, statement: str, params: tuple[Any, ...]) -> Any:
+        """One row of a prepared statement sent straight to the driver (or None)."""
+        started = time.perf_counter()
+        dbapi = self._engine.dialect.dbapi
+        assert dbapi is not None
+        try:
+            return self._fetch_one(statement, params)
+        except dbapi.Error as exc:
+            raise ServiceUnavailable("the database is unavailable") from exc
+        finally:
+            if self._on_timing is not None:
+                self._on_timing(op, time.perf_counter() - started)
+
+    def _fetch_one(self, statement: str, params: tuple[Any, ...]) -> Any:
         if self._local is not None:
             # SQLite: each thread keeps one reader connection (autocommit, so one SELECT is its
             # own snapshot); a pool checkout would cost as much as the query.
@@ -207,14 +232,14 @@ class SqlStore:
                     self._readers.append(conn)
             cursor = conn.cursor()
             try:
-                cursor.execute(self._sql.read_current, (resource_type, resource_id))
+                cursor.execute(statement, params)
                 return cursor.fetchone()
             finally:
                 cursor.close()
         conn = self._engine.raw_connection()
         try:
             cursor = conn.cursor()
-            cursor.execute(self._sql.read_current, (resource_type, resource_id))
+            cursor.execute(statement, params)
             row = cursor.fetchone()
             cursor.close()
             return row
@@ -380,7 +405,8 @@ class _SqlSession:
             )
         ).first()
         if row is None:
-            raise NotFound(f"Resource {resource_type}/{resource_id} has no version {version_id}")
+            # The same answer as for an id that never existed (a version count is a fact too).
+            raise not_found(resource_type, resource_id)
         if row.deleted:
             raise Gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
         return self._decrypt(row)
@@ -474,10 +500,26 @@ class _SqlSession:
         self._store_version(rid, version, replace_index=False)
         return rid
 
-    def create(self, resource: dict[str, Any], *, contributor: str | None = None) -> StoredResource:
-        version = prepare(resource, new_id(), 1, self._clock.now())
+    def create(
+        self,
+        resource: dict[str, Any],
+        *,
+        contributor: str | None = None,
+        resource_id: str | None = None,
+    ) -> StoredResource:
+        version = prepare(resource, resource_id or new_id(), 1, self._clock.now())
+        if resource_id is not None and self._rid(version.resource_type, resource_id) is not None:
+            raise Conflict("the resource id is already taken")
         self._insert_head(version, contributor)
         return _stored(version, contributor)
+
+    def locate(self, resource_type: str, resource_id: str) -> Located | None:
+        row = self.conn.exec_driver_sql(self._sql.locate, (resource_type, resource_id)).first()
+        return _located(self._ring, resource_type, resource_id, row)
+
+    def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
+        params = (actor[0], actor[1], recorder, patient_id)
+        return self.conn.exec_driver_sql(self._sql.consent_probe, params).first() is not None
 
     def _lock_head(self, resource_type: str, resource_id: str) -> Any:
         q = select(R.c.rid, R.c.version_id, R.c.deleted, R.c.contributor).where(
@@ -691,10 +733,11 @@ class _SqlSession:
         if query.summary_count or query.count == 0:
             return SearchPage([], total)
         columns = _sort_columns(query)
-        after = query.cursor.after if query.cursor else True
+        cursor = query.position()
+        after = cursor.after if cursor else True
         page_q = _CURRENT.where(*where)
-        if query.cursor is not None:
-            page_q = page_q.where(_keyset(columns, query.cursor))
+        if cursor is not None:
+            page_q = page_q.where(_keyset(columns, cursor))
         order = [(col.desc() if desc != (not after) else col.asc()) for col, desc in columns]
         rows = list(self.conn.execute(page_q.order_by(*order).limit(query.count + 1)).all())
         more = len(rows) > query.count
@@ -711,7 +754,7 @@ class _SqlSession:
         if rows:
             if (more and after) or not after:
                 next_cursor = Cursor(_row_key(rows[-1], query), after=True).encode()
-            if query.cursor is not None and (after or more):
+            if cursor is not None and (after or more):
                 prev_cursor = Cursor(_row_key(rows[0], query), after=False).encode()
         included = self._included(query, [r.rid for r in rows], [r.id for r in rows])
         return SearchPage(matches, total, next_cursor, prev_cursor, included)
@@ -916,6 +959,16 @@ def _open(
     )
 
 
+def _located(ring: KeyRing, resource_type: str, resource_id: str, row: Any) -> Located | None:
+    if row is None:
+        return None
+    head_version, deleted, contributor, version_id, last_updated, key_id, payload = row
+    live = _open(
+        ring, resource_type, resource_id, version_id, last_updated, key_id, payload, contributor
+    )
+    return Located(head_version, bool(deleted), contributor, live)
+
+
 def _stored(v: PreparedVersion, contributor: str | None) -> StoredResource:
     return StoredResource(
         v.resource_type, v.id, v.version_id, v.last_updated, False, v.body, contributor
@@ -935,6 +988,8 @@ class _DriverSql:
     interpolated; every value travels as a parameter."""
 
     read_current: str
+    locate: str
+    consent_probe: str
     insert_versions: str
     insert_index: str
 
@@ -950,6 +1005,29 @@ class _DriverSql:
                 "FROM resources r JOIN resource_versions v "
                 "ON v.rid = r.rid AND v.version_id = r.version_id "
                 f"WHERE r.resource_type = {marks(1)} AND r.id = {marks(1)}"
+            ),
+            # The head, and its newest version with a body (a deletion marker has none).
+            locate=(
+                "SELECT r.version_id, r.deleted, r.contributor, v.version_id, "  # noqa: S608
+                "v.last_updated, v.key_id, v.payload "
+                "FROM resources r JOIN resource_versions v "
+                "ON v.rid = r.rid AND v.payload IS NOT NULL "
+                f"WHERE r.resource_type = {marks(1)} AND r.id = {marks(1)} "
+                "ORDER BY v.version_id DESC LIMIT 1"
+            ),
+            # Led by the Consents that name the actor (the same index range whatever the
+            # patient), then narrowed to the recorder's active Consents of this patient.
+            consent_probe=(
+                "SELECT 1 FROM search_index a JOIN resources c ON c.rid = a.rid "  # noqa: S608
+                "WHERE a.resource_type = 'Consent' AND a.param = '_consent-actor' "
+                f"AND ((a.ref_type = {marks(1)} AND a.ref_id = {marks(1)}) "
+                "OR (a.ref_type = '*' AND a.ref_id = '*')) "
+                f"AND c.contributor = {marks(1)} AND NOT c.deleted "
+                "AND EXISTS (SELECT 1 FROM search_index p WHERE p.rid = a.rid "
+                "AND p.param = '_consent-patient' AND p.ref_type = 'Patient' "
+                f"AND p.ref_id IN ({marks(1)}, '*')) "
+                "AND EXISTS (SELECT 1 FROM search_index s WHERE s.rid = a.rid "
+                "AND s.param = 'status' AND s.code = 'active') LIMIT 1"
             ),
             insert_versions=(
                 "INSERT INTO resource_versions "  # noqa: S608

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -288,10 +289,18 @@ def consent(provision: dict[str, Any], **kw: Any) -> ParsedConsent:
     return parse_consent(consent_doc(provision, **kw))
 
 
+def recorded_by_contributor(
+    resource: ResourceFacts, consents: Sequence[ParsedConsent]
+) -> list[ParsedConsent]:
+    """The Consents as the resource's contributor would have recorded them (the only Consents
+    that govern its records); ones already attributed keep their recorder."""
+    return [c if c.recorder else replace(c, recorder=resource.contributor) for c in consents]
+
+
 def check(
     request: AccessRequest, resource: ResourceFacts, *consents: ParsedConsent, now: datetime = NOW
 ) -> Decision:
-    return decide(request, resource, consents, POLICY, now)
+    return decide(request, resource, recorded_by_contributor(resource, consents), POLICY, now)
 
 
 TREAT_TO_CLINIC = prov(actors=[CLINIC_ORG], purposes=["TREAT"])
@@ -332,6 +341,39 @@ def test_shelter_referral_to_clinic_with_treatment_only_consent_releases_carepla
     assert check(CLINIC_TREAT, plan, c).permit
     assert not check(asking("clinic", "COC"), plan, c).permit
     assert not check(CLINIC_TREAT, facts(referral()), c).permit
+
+
+# Consent authority: a Consent is its recorder's release of its own records
+
+
+def test_a_consent_recorded_by_another_partner_releases_nothing_of_the_contributors() -> None:
+    rogue = replace(consent(TREAT_TO_CLINIC), recorder="harbor-clinic")
+    assert not check(CLINIC_TREAT, facts(careplan()), rogue).permit
+
+
+def test_a_deny_recorded_by_another_partner_blocks_nothing_of_the_contributors() -> None:
+    release = consent(TREAT_TO_CLINIC, cid="release")
+    rogue_deny = replace(consent(prov(type_="deny"), cid="rogue"), recorder="northside-legal-aid")
+    assert check(CLINIC_TREAT, facts(careplan()), release, rogue_deny).permit
+
+
+def test_a_consent_governs_the_records_of_its_recorder_only() -> None:
+    shelter_release = replace(consent(TREAT_TO_CLINIC), recorder="riverside-shelter")
+    assert check(CLINIC_TREAT, facts(careplan()), shelter_release).permit
+    hospital_plan = facts(careplan(), "hospital")
+    assert not check(CLINIC_TREAT, hospital_plan, shelter_release).permit
+
+
+def test_a_deny_whose_patient_cannot_be_read_applies_to_every_patient_of_its_recorder() -> None:
+    release = consent(TREAT_TO_CLINIC, cid="release")
+    unreadable = consent_doc(prov(type_="deny"), cid="deny")
+    unreadable["patient"] = {"identifier": {"system": "urn:oid:1.2.3", "value": "X"}}
+    d = check(CLINIC_TREAT, facts(careplan()), release, parse_consent(unreadable))
+    assert not d.permit
+    assert d.consent == "Consent/deny"
+    permit_for_nobody = consent_doc(TREAT_TO_CLINIC, cid="nobody")
+    permit_for_nobody["patient"] = {"reference": "https://elsewhere.example/fhir/Patient/p1"}
+    assert not check(CLINIC_TREAT, facts(careplan()), parse_consent(permit_for_nobody)).permit
 
 
 def test_consent_of_another_patient_is_ignored() -> None:
@@ -410,9 +452,19 @@ def test_deny_naming_another_partner_does_not_hide_from_the_clinic() -> None:
     assert not check(LEGAL, facts(careplan()), permit, deny).permit
 
 
-def test_absolute_actor_reference_matches_the_organization() -> None:
-    c = consent(prov(actors=["https://gateway.example.org/fhir/Organization/harbor-clinic"]))
-    assert check(CLINIC_TREAT, facts(careplan()), c).permit
+def test_an_absolute_actor_reference_names_another_servers_organization_not_ours() -> None:
+    # The write path makes references to the gateway's own base relative; an absolute URL
+    # left names a record elsewhere, never a partner here (a permit releases to nobody).
+    foreign = "https://elsewhere.example.org/fhir/Organization/harbor-clinic"
+    assert not check(CLINIC_TREAT, facts(careplan()), consent(prov(actors=[foreign]))).permit
+
+
+def test_a_deny_naming_an_actor_it_cannot_resolve_applies_to_every_requester() -> None:
+    foreign = "https://elsewhere.example.org/fhir/Organization/harbor-clinic"
+    deny = consent(prov(type_="deny", actors=[foreign]), cid="deny")
+    decision = check(CLINIC_TREAT, facts(careplan()), consent(TREAT_TO_CLINIC), deny)
+    assert not decision.permit
+    assert decision.consent == "Consent/deny"
 
 
 def test_action_collect_only_releases_nothing() -> None:
@@ -595,7 +647,7 @@ def test_legal_aid_asking_for_mental_health_notes_is_denied() -> None:
     notes = facts(careplan(reason=("F43.10", "Post-traumatic stress disorder")), "clinic")
     d = check(LEGAL, notes, c)
     assert not d.permit
-    assert d.rule == "explicit-label:PSY"
+    assert d.rule == "explicit-label"  # the rule never names the sensitivity it protects
     assert d.consent == "Consent/c1"
 
 
@@ -650,10 +702,38 @@ def test_shelter_data_released_under_a_scanned_form_source_reference() -> None:
 
 
 def test_consent_longer_than_365_days_does_not_release_shelter_data() -> None:
-    c = consent(TREAT_TO_CLINIC, period=("2026-06-01", "2027-06-02"))
+    # Measured from the first instant of the start to the last instant of the end: a release
+    # ending on the anniversary is valid for 366 days.
+    c = consent(TREAT_TO_CLINIC, period=("2026-06-01", "2027-06-01"))
     assert not check(CLINIC_TREAT, facts(careplan()), c).permit
-    exactly = consent(TREAT_TO_CLINIC, period=("2026-06-01", "2027-06-01"))
+    exactly = consent(TREAT_TO_CLINIC, period=("2026-06-01", "2027-05-31"))
     assert check(CLINIC_TREAT, facts(careplan()), exactly).permit
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("2026", "2027"), ("2026", "2026"), ("2026-06", "2027-06"), ("2026-01", "2027-01")],
+)
+def test_a_period_at_year_or_month_precision_is_measured_to_the_last_instant_of_its_end(
+    start: str, end: str
+) -> None:
+    # "2026"-"2027" is valid until 2027-12-31T23:59:59: two years, not the 365 days it reads as.
+    # "2026"-"2026" is the whole of 2026 (365 days): allowed, and checked the same way.
+    c = consent(TREAT_TO_CLINIC, period=(start, end))
+    allowed = (start, end) == ("2026", "2026")
+    assert (
+        check(CLINIC_TREAT, facts(careplan()), c, now=datetime(2026, 6, 15, tzinfo=UTC)).permit
+        is allowed
+    )
+
+
+def test_a_year_precision_period_is_valid_until_the_last_instant_of_its_end() -> None:
+    c = consent(TREAT_TO_CLINIC, period=("2026", "2026"))
+    clinic_data = facts(referral(), "hospital")  # not shelter data: no time limit
+    assert check(
+        CLINIC_TREAT, clinic_data, c, now=datetime(2026, 12, 31, 23, 59, tzinfo=UTC)
+    ).permit
+    assert not check(CLINIC_TREAT, clinic_data, c, now=datetime(2027, 1, 1, tzinfo=UTC)).permit
 
 
 def test_consent_without_an_end_date_does_not_release_shelter_data() -> None:
@@ -1023,7 +1103,8 @@ PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 def _permits(
     req: AccessRequest, res: ResourceFacts, docs: Sequence[dict[str, Any]], now: datetime
 ) -> bool:
-    return decide(req, res, [parse_consent(d) for d in docs], POLICY, now).permit
+    parsed = recorded_by_contributor(res, [parse_consent(d) for d in docs])
+    return decide(req, res, parsed, POLICY, now).permit
 
 
 @PROPS
@@ -1232,7 +1313,9 @@ def test_parse_and_decide_never_raise_on_arbitrary_inputs(doc, req, res, now) ->
 @PROPS
 @given(requests(), resource_facts(), st.lists(consent_docs(), max_size=4), nows)
 def test_decide_never_raises_and_always_names_a_rule(req, res, docs, now) -> None:  # type: ignore[no-untyped-def]
-    d = decide(req, res, [parse_consent(x) for x in docs], POLICY, now)
+    d = decide(
+        req, res, recorded_by_contributor(res, [parse_consent(x) for x in docs]), POLICY, now
+    )
     assert d.rule
     if d.rule.startswith("consent:"):
         assert d.consent
@@ -1346,7 +1429,8 @@ def test_resources_with_equal_decision_keys_get_the_same_decision(  # type: igno
         facts = facts_from_index(
             doc["resourceType"], doc["id"], entries, contributor=contributor, contributor_kind=kind
         )
-        answers.append((key, decide(req, facts, parsed, POLICY, now)))
+        held = recorded_by_contributor(facts, parsed)
+        answers.append((key, decide(req, facts, held, POLICY, now)))
     (key_a, decision_a), (key_b, decision_b) = answers
     if key_a == key_b:
         assert decision_a == decision_b

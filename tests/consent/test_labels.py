@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.consent.labels import labels_for, load_label_tables
+from gateway.consent.labels import labels_for, load_label_tables, tables_from_dict
 
 TABLES = load_label_tables(Path(__file__).resolve().parents[2] / "consent_policies")
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -143,3 +143,82 @@ def test_codes_a_consent_governs_do_not_label_the_consent() -> None:
         "provision": {"type": "deny", "code": [{"coding": [{"system": ICD, "code": "F10.20"}]}]},
     }
     assert labels_for(consent, contributor_kind="clinic", tables=TABLES) == []
+
+
+# Labels that cannot be dodged: a code system is compared by canonical URI, so an alias of
+# ICD-10-CM or SNOMED CT (its OID, https, a trailing slash, an upper-case host) labels alike.
+ICD_OID = "urn:oid:2.16.840.1.113883.6.90"
+SCT_OID = "urn:oid:2.16.840.1.113883.6.96"
+
+
+@pytest.mark.parametrize(
+    "system",
+    [
+        ICD_OID,
+        "URN:OID:2.16.840.1.113883.6.90",
+        "2.16.840.1.113883.6.90",
+        "https://hl7.org/fhir/sid/icd-10-cm",
+        "http://hl7.org/fhir/sid/icd-10-cm/",
+        "http://HL7.ORG/fhir/sid/icd-10-cm",
+    ],
+)
+def test_an_icd10cm_substance_use_code_under_an_alias_of_its_system_is_eth(system: str) -> None:
+    labels = labels_for(referral(system, "F11.20"), contributor_kind="clinic", tables=TABLES)
+    assert codes(labels) == {"ETH"}
+    assert codes(labels, CONF) == {"R"}
+
+
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [("F43.10", "PSY"), ("T74.51XA", "SDV"), ("Z71.41", "ETH"), ("F1020", "ETH")],
+)
+def test_icd10cm_oid_codes_get_the_labels_of_their_uri(code: str, label: str) -> None:
+    labels = labels_for(referral(ICD_OID, code), contributor_kind="clinic", tables=TABLES)
+    assert codes(labels) == {label}
+
+
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [("66590003", "ETH"), ("75544000", "ETH"), ("75516001", "PSY"), ("47505003", "PSY")],
+)
+def test_snomed_oid_codes_get_their_labels(code: str, label: str) -> None:
+    for system in (SCT_OID, "https://snomed.info/sct/"):
+        labels = labels_for(referral(system, code), contributor_kind="clinic", tables=TABLES)
+        assert codes(labels) == {label}, system
+
+
+def test_an_icd10_who_code_under_its_oid_is_labelled() -> None:
+    doc = referral("urn:oid:2.16.840.1.113883.6.3", "F11.2")
+    assert codes(labels_for(doc, contributor_kind="clinic", tables=TABLES)) == {"ETH"}
+
+
+def test_aliases_do_not_reach_other_code_systems() -> None:
+    # An F11 under ICD-10-PCS's OID, or under an OID that merely starts like ICD-10-CM's, is
+    # not an ICD-10-CM code; nor is a nicotine code under the OID a Part 2 code.
+    for system, code in [
+        ("urn:oid:2.16.840.1.113883.6.4", "F11.20"),
+        ("urn:oid:2.16.840.1.113883.6.900", "F11.20"),
+        (ICD_OID, "F17.210"),
+    ]:
+        assert labels_for(referral(system, code), contributor_kind="clinic", tables=TABLES) == []
+
+
+def test_tables_written_with_an_alias_label_codes_written_with_the_uri() -> None:
+    doc = {
+        "sensitivity_system": ACTCODE,
+        "confidentiality_system": CONF,
+        "sensitivity": {
+            "ETH": [{"system": "URN:OID:2.16.840.1.113883.6.90", "prefixes": ["F11"]}],
+            "PSY": [{"system": "https://snomed.info/sct/", "codes": ["75516001"]}],
+        },
+    }
+    tables = tables_from_dict(doc)
+    sud = labels_for(referral(ICD, "F11.20"), contributor_kind="clinic", tables=tables)
+    psychotherapy = labels_for(referral(SCT, "75516001"), contributor_kind="clinic", tables=tables)
+    assert (codes(sud), codes(psychotherapy)) == ({"ETH"}, {"PSY"})
+
+
+def test_the_stored_coding_keeps_the_system_its_writer_wrote() -> None:
+    doc = referral(ICD_OID, "F11.20")
+    labels_for(doc, contributor_kind="clinic", tables=TABLES)
+    assert doc["reasonCode"][0]["coding"][0]["system"] == ICD_OID

@@ -136,6 +136,7 @@ def test_a_policy_without_consent_writing_lets_nobody_record_consents() -> None:
         "shelter",
         "legal-aid",
         "clinic",
+        "hospital",  # a hospital releases its own referrals
     }
     del doc["consent_writing"]
     assert policy_from_dict(doc).consent_writers == frozenset()

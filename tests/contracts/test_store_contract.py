@@ -385,7 +385,7 @@ def test_a_cursor_for_another_sort_is_refused() -> None:
 
     token = Cursor(("2026-11-23T09:00:00.000000", 3)).encode()
     with pytest.raises(BadRequest):
-        parse_search("CarePlan", [("_cursor", token)])
+        parse_search("CarePlan", [("_cursor", token)]).position()
 
 
 # -- contributors --------------------------------------------------------------------------------

@@ -308,8 +308,12 @@ ROWS = [
     ("shelter", "DELETE", "/fhir/Task/{task}", None, [("delete", "0", P)]),
     ("clinic", "DELETE", "/fhir/Task/{task}", None, [("delete", "4", P)]),
     ("shelter", "POST", "/fhir", "batch", [("read", "0", P), ("search-type", "0", P)]),
-    ("compliance", "GET", "/fhir/Consent/$explain?partner=harbor-clinic&resource=CarePlan/{plan}",
+    ("compliance", "GET", "/fhir/Consent/$explain?partner=harbor-clinic&resource=Consent/{plan}",
+     None, [("operation", "4", None)]),
+    ("explainer", "GET", "/fhir/Consent/$explain?partner=harbor-clinic&resource=CarePlan/{plan}",
      None, [("operation", "0", P)]),
+    ("compliance", "GET", "/fhir/Consent/$explain?partner=harbor-clinic&resource=CarePlan/{plan}",
+     None, [("read", "4", None)]),
     ("compliance", "GET", "/fhir/AuditEvent?patient={patient}", None, [("search-type", "0", P)]),
     ("compliance", "GET", "/fhir/Patient/{patient}/$accounting-of-disclosures", None,
      [("operation", "0", P)]),
@@ -352,6 +356,7 @@ def test_each_interaction_writes_exactly_the_expected_events(
         "compliance": ("compliance-office", "compliance",
                        ("system/AuditEvent.rs", "system/Consent.rs", "system/Organization.rs"),
                        ("HCOMPL",)),
+        "explainer": ("compliance-office", "compliance", ("system/CarePlan.rs",), ("HCOMPL",)),
         "narrow": ("harbor-clinic", "clinic", ("system/CarePlan.rs",), ("TREAT",)),
     }  # fmt: skip
     if who == "shelter":

@@ -115,22 +115,32 @@ def test_rest_reads_and_searches_agree_with_decide(
     @AGREEMENT
     @given(data=st.data())
     def agree(data: st.DataObject) -> None:
-        patient_id = str(uuid.uuid4())
-        written = data.draw(records(patient_id))
+        placeholder = str(uuid.uuid4())
+        written = data.draw(records(placeholder))
         partner_id, purposes = data.draw(st.sampled_from(REQUESTERS))
-        consent_docs = data.draw(consents(patient_id, f"Organization/{partner_id}", purposes))
         stored = []
+        patient_id = placeholder
         for contributor, resource in written:
             with partner_client(
                 app_settings, any_store, clock, contributor, KINDS[contributor]
             ) as writer:
-                url = f"/fhir/{resource['resourceType']}/{resource['id']}"
-                response = writer.put(url, content=orjson.dumps(resource), headers=FHIR)
+                doc = orjson.loads(
+                    orjson.dumps(resource).replace(placeholder.encode(), patient_id.encode())
+                )
+                response = writer.post(
+                    f"/fhir/{doc['resourceType']}", content=orjson.dumps(doc), headers=FHIR
+                )
                 assert response.status_code == 201, response.text
                 stored.append((contributor, response.json()))
+                if doc["resourceType"] == "Patient":
+                    patient_id = response.json()["id"]
+        consent_docs = data.draw(consents(patient_id, f"Organization/{partner_id}", purposes))
+        parsed = []
         for doc in consent_docs:  # as recorded, odd ones included: the engine must cope
-            any_store.update("Consent", doc["id"], doc, if_match=None, contributor=CONTRIBUTORS[0])
-        parsed = [parse_consent(d) for d in consent_docs]
+            # Each recorded by one of the partners: a Consent governs its recorder's records.
+            recorder = data.draw(st.sampled_from(CONTRIBUTORS))
+            any_store.create(doc, contributor=recorder, resource_id=doc["id"])
+            parsed.append(parse_consent(doc, recorder=recorder))
         request = AccessRequest(
             partner_id, KINDS[partner_id], f"Organization/{partner_id}", purposes, "read"
         )

@@ -284,23 +284,23 @@ def test_revinclude_pulls_in_the_released_task_for_the_recipient(
 def test_a_nested_deny_for_eth_keeps_the_substance_use_referral_out_of_results_and_totals(
     settings: Settings, sql_store: SqlStore, clock: FrozenClock, shelter: TestClient
 ) -> None:
-    with partner_client(settings, sql_store, clock, "harbor-clinic", "clinic") as clinic:
-        survivor = post(clinic, "/fhir/Patient", patient(mrn="HCC-12")).json()["id"]
-    sud = referral(survivor)
-    sud["reasonCode"] = [
-        {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F11.20"}]}
-    ]
     with partner_client(settings, sql_store, clock, "st-marys-hospital", "hospital") as hospital:
+        survivor = post(hospital, "/fhir/Patient", patient(mrn="SMH-12")).json()["id"]
+        sud = referral(survivor)
+        sud["reasonCode"] = [
+            {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F11.20"}]}
+        ]
         plain = post(hospital, "/fhir/ServiceRequest", referral(survivor)).json()["id"]
         labelled = post(hospital, "/fhir/ServiceRequest", sud).json()
         assert "ETH" in {c["code"] for c in labelled["meta"]["security"]}
-    release = release_consent(survivor)
-    release["provision"]["provision"] = [
-        {"type": "deny", "securityLabel": [{"system": ACTCODE, "code": "ETH"}]}
-    ]
-    del release["provision"]["period"]  # clinic data: no VAWA time limit needed
+        # The hospital releases its own referrals, except what carries ETH.
+        release = release_consent(survivor)
+        release["provision"]["provision"] = [
+            {"type": "deny", "securityLabel": [{"system": ACTCODE, "code": "ETH"}]}
+        ]
+        del release["provision"]["period"]  # hospital data: no VAWA time limit needed
+        assert post(hospital, "/fhir/Consent", release).status_code == 201
     with partner_client(settings, sql_store, clock, "harbor-clinic", "clinic") as clinic:
-        post(clinic, "/fhir/Consent", release)
         found = clinic.get(f"/fhir/ServiceRequest?patient=Patient/{survivor}").json()
         assert found["total"] == 1
         assert ids(found) == [plain]
@@ -503,17 +503,18 @@ def test_records_indexed_before_the_consent_facts_are_found_once_the_index_is_re
     shelter_record: dict[str, str],
     release: dict[str, Any],
 ) -> None:
-    """A database written before search decided from index facts has none: its records stay
-    hidden from search (fail closed) until ``gateway db reindex``; reads by id never needed
-    them."""
+    """A database written before consent decided from index facts has none: its records stay
+    hidden (fail closed) from search and from reads by id (whose Consent probe reads the same
+    rows) until ``gateway db reindex``."""
     from sqlalchemy import text
 
     with sql_store.engine.begin() as conn:
         conn.execute(text("DELETE FROM search_index WHERE param LIKE '\\_consent-%' ESCAPE '\\'"))
     assert clinic.get("/fhir/CarePlan").json()["total"] == 0
-    assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 200
+    assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
     assert sum(sql_store.reindex(batch_size=2)) == sql_store.count_live()
     assert ids(clinic.get("/fhir/CarePlan").json()) == [shelter_record["plan"]]
+    assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 200
 
 
 def test_the_contributors_own_links_do_not_travel_only_links_the_recipient_may_follow(

@@ -407,8 +407,8 @@ def test_only_the_advocates_kinds_the_policy_names_may_record_a_consent(
     shelter_record: dict[str, str],
 ) -> None:
     release = release_consent(shelter_record["patient"])
-    with partner_client(settings, sql_store, clock, "st-marys-hospital", "hospital") as hospital:
-        refused = post(hospital, "/fhir/Consent", release)
+    with partner_client(settings, sql_store, clock, "compliance-office", "compliance") as office:
+        refused = post(office, "/fhir/Consent", release)
     assert refused.status_code == 403
     assert refused.json()["issue"][0]["code"] == "forbidden"
 

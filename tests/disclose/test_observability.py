@@ -57,7 +57,7 @@ def test_an_unexpected_error_is_a_500_outcome_without_a_trace(
     def explode(*_args: object, **_kw: object) -> None:
         raise RuntimeError("secret detail: María Álvarez, 12 Elm Street")
 
-    monkeypatch.setattr(store, "read", explode)
+    monkeypatch.setattr(store, "locate", explode)
     response = client.get("/fhir/Patient/abc")
     assert response.status_code == 500
     doc = response.json()

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from gateway.store.sql import SqlStore
 from tests.support.network import FHIR
 from tests.support.records import MRN, care_plan, patient, referral, task
 
@@ -75,11 +76,15 @@ def test_update_with_matching_if_match_then_stale_if_match_is_412(client: TestCl
     assert outcome_codes(stale) == ["conflict"]
 
 
-def test_update_creates_when_absent(client: TestClient) -> None:
+def test_update_never_creates_a_resource_under_a_clients_id(client: TestClient) -> None:
+    # updateCreate is off: ids are the server's, so nobody can squat one (a partner not yet
+    # added, another partner's next record), and an absent id answers like a hidden one.
     org = {"resourceType": "Organization", "id": "harbor-clinic", "name": "Harbor Community Clinic"}
     response = put(client, "/fhir/Organization/harbor-clinic", org)
-    assert response.status_code == 201
-    assert put(client, "/fhir/Organization/harbor-clinic", org).status_code == 200
+    assert response.status_code == 404
+    assert client.get("/fhir/Organization/harbor-clinic").status_code == 404
+    capability = client.get("/fhir/metadata").json()
+    assert {r.get("updateCreate", False) for r in capability["rest"][0]["resource"]} == {False}
 
 
 def test_update_with_an_id_that_differs_from_the_url_is_400(client: TestClient) -> None:
@@ -205,12 +210,11 @@ def test_search_count_is_capped_and_summary_count_has_no_entries(client: TestCli
     assert client.get("/fhir/Patient?_count=100000").status_code == 200
 
 
-def test_include_and_revinclude_mark_entries_as_include(client: TestClient) -> None:
-    put(
-        client,
-        "/fhir/Organization/harbor-clinic",
-        {"resourceType": "Organization", "id": "harbor-clinic", "name": "Harbor Community Clinic"},
-    )
+def test_include_and_revinclude_mark_entries_as_include(
+    client: TestClient, sql_store: SqlStore
+) -> None:
+    directory = {"resourceType": "Organization", "id": "harbor-clinic", "name": "Harbor Clinic"}
+    sql_store.update("Organization", "harbor-clinic", directory, if_match=None)
     survivor = post(client, "/fhir/Patient", patient()).json()["id"]
     ref = post(client, "/fhir/ServiceRequest", referral(survivor)).json()["id"]
     post(client, "/fhir/Task", task(ref, survivor))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,18 @@ from gateway.errors import BadRequest, UnknownParameter
 from gateway.keys import KeyRing, new_encryption_key
 from gateway.store.database import make_engine, upgrade
 from gateway.store.memory import MemoryStore
-from gateway.store.query import Cursor, DateCriterion, StringCriterion, TokenCriterion, parse_search
+from gateway.store.query import (
+    MAX_INCLUDES,
+    MAX_OR_VALUES,
+    MAX_SEARCH_CLAUSES,
+    MAX_VALUE_CHARS,
+    Cursor,
+    DateCriterion,
+    ReferenceCriterion,
+    StringCriterion,
+    TokenCriterion,
+    parse_search,
+)
 from gateway.store.searchparams import extract, normalise, parse_date_range
 from gateway.store.sql import SqlStore
 from tests.support.records import patient
@@ -71,11 +83,21 @@ def test_count_is_capped_and_zero_means_count_only() -> None:
 
 
 def test_cursor_round_trips_and_rejects_garbage() -> None:
+    sort = (("_lastUpdated", True),)
     cursor = Cursor(("2026-11-23T09:00:00.000000", 12), after=False)
-    assert Cursor.decode(cursor.encode()) == cursor
+    assert Cursor.decode(cursor.encode(), sort) == cursor
     for token in ("", "!!", "eyJrIjogdHJ1ZX0", Cursor((True,)).encode()):
         with pytest.raises(BadRequest):
             Cursor.decode(token)
+
+
+def test_a_cursor_whose_key_does_not_fit_the_sort_is_refused() -> None:
+    """A position's key is one string per sort field, then a row number: a string where the
+    row number goes (a 500 on PostgreSQL before), a key of the wrong length, a bool."""
+    sort = (("_id", False),)
+    for key in (("a", "not-a-row"), ("a",), ("a", 1, 2), (1, 2), ("a", True), ("a", -1)):
+        with pytest.raises(BadRequest):
+            Cursor.decode(Cursor(key).encode(), sort)  # type: ignore[arg-type]
 
 
 def test_normalise_folds_case_and_accents() -> None:
@@ -178,3 +200,107 @@ def test_memory_and_sqlite_answer_every_search_alike(
     sql.close()
     assert pages[0] == pages[1]
     assert len(set(pages[0][1])) == len(pages[0][1]) == pages[0][0]
+
+
+# -- caps on search work, and values that can match nothing --------------------------------------
+
+
+def refused(items: list[tuple[str, str]], resource_type: str = "Patient") -> BadRequest:
+    with pytest.raises(BadRequest) as caught:
+        parse_search(resource_type, items)
+    return caught.value
+
+
+def named(error: BadRequest) -> list[str]:
+    return [e for issue in error.issues for e in issue.expression]
+
+
+def test_search_work_is_capped_naming_the_parameter() -> None:
+    clauses = [("family", f"f{i}") for i in range(MAX_SEARCH_CLAUSES)]
+    assert len(parse_search("Patient", clauses).clauses) == MAX_SEARCH_CLAUSES
+    assert named(refused([*clauses, ("given", "x")])) == ["given"]
+    values = ",".join(f"v{i}" for i in range(MAX_OR_VALUES))
+    assert len(parse_search("Patient", [("family", values)]).clauses[0].criteria) == MAX_OR_VALUES
+    assert named(refused([("family", values + ",one-more")])) == ["family"]
+    half = ",".join(f"v{i}" for i in range(MAX_OR_VALUES // 2))
+    assert named(refused([("family", half), ("given", half), ("_id", "x")])) == ["_id"]
+    assert named(refused([("family", "x" * (MAX_VALUE_CHARS + 1))])) == ["family"]
+    assert named(refused([("_sort", "_id," * 200)])) == ["_sort"]
+    includes = [("_include", "CarePlan:patient")] * (MAX_INCLUDES + 1)
+    assert named(refused(includes, "CarePlan")) == ["_include"]
+
+
+def test_the_item_cap_holds_for_any_iterable_and_stops_reading() -> None:
+    def endless() -> Iterator[tuple[str, str]]:
+        while True:
+            yield ("_format", "json")
+
+    error = refused(endless())  # type: ignore[arg-type]
+    assert error.issues[0].code == "too-costly"
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x1f", "\x7f", "\n", "\ud800"])
+@pytest.mark.parametrize(
+    "name", ["family", "family:exact", "identifier", "_id", "birthdate", "_count", "_cursor"]
+)
+def test_a_control_character_is_refused_naming_the_parameter(name: str, char: str) -> None:
+    error = refused([(name, f"Secret{char}Value")])
+    assert named(error) == [name]
+    assert all("Secret" not in issue.diagnostics for issue in error.issues)
+
+
+def test_a_malformed_parameter_name_is_refused_without_repeating_it() -> None:
+    for name in ("na\x00me", "", "Secret Name", "x" * 200, "name=", "María"):
+        error = refused([(name, "x")])
+        assert named(error) == []
+        assert all(name not in issue.diagnostics for issue in error.issues if name)
+    with pytest.raises(BadRequest):  # lenient handling ignores unknown names, not these
+        parse_search("Patient", [("na\x00me", "x")], lenient=True)
+
+
+@pytest.mark.parametrize(
+    "value", ["a" * 65, "Patient/" + "a" * 65, "Patient/a b", "patient/1", "urn:uuid:1", "/"]
+)
+def test_a_reference_that_is_not_type_and_fhir_id_is_refused(value: str) -> None:
+    assert named(refused([("patient", value)], "CarePlan")) == ["patient"]
+
+
+def test_reference_forms_that_can_name_a_record_are_kept() -> None:
+    query = parse_search(
+        "CarePlan", [("patient", "a" * 64 + ",Patient/p1,https://other.example/fhir/Patient/p2")]
+    )
+    assert query.clauses[0].criteria == (
+        ReferenceCriterion(None, "a" * 64),
+        ReferenceCriterion("Patient", "p1"),
+        ReferenceCriterion("Patient", "p2"),
+    )
+
+
+def test_ids_must_be_fhir_ids() -> None:
+    assert parse_search("Patient", [("_id", "a" * 64)]).clauses[0].ids == ("a" * 64,)
+    for value in ("a" * 65, "a b", "a/b", "é"):
+        assert named(refused([("_id", value)])) == ["_id"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["9999-12-31", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "+123", " 994",
+     "\u0661\u0669\u0669\u0664", "19940317", "2024-W10-1", "2024-03-17 10:00", "1994x03"],
+)  # fmt: skip
+def test_dates_outside_the_fhir_forms_or_datetime_are_refused(value: str) -> None:
+    assert named(refused([("birthdate", value)])) == ["birthdate"]
+
+
+def test_count_takes_ascii_digits_only_and_any_number_of_them() -> None:
+    assert parse_search("Patient", [("_count", "9" * 400)], max_count=500).count == 500
+    assert parse_search("Patient", [("_count", "0" * 30 + "7")]).count == 7
+    for value in ("\u00b2", "\u0663", "-1", " 1", ""):
+        assert named(refused([("_count", value)])) == ["_count"]
+
+
+def test_refusals_name_the_parameter_not_the_value() -> None:
+    for items in ([("_summary", "Secret")], [("_sort", "Secret")],
+                  [("_include", "Patient:Secret")], [("_total", "Secret")]):  # fmt: skip
+        error = refused(items)
+        assert named(error) == [items[0][0]]
+        assert all("Secret" not in issue.diagnostics for issue in error.issues)

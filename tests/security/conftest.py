@@ -1,0 +1,134 @@
+"""Fixtures for the security tests: apps on a real SQL store (SQLite, and PostgreSQL when
+configured), driven in-process over ASGI with fixed requesters standing in for the auth layer.
+
+Unlike the disclose fixtures, these clients do **not** re-raise server exceptions: a hostile
+input must be answered, and a 500 is observed as the answer it would be in production
+(``raise_server_exceptions=False``), so that a test can assert on it and a strict xfail can
+record it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.clock import FrozenClock
+from gateway.disclose.deps import Requester, fixed_requester
+from gateway.keys import init_keys
+from gateway.settings import Settings
+from gateway.store.sql import SqlStore
+from tests.conftest import START
+from tests.support.network import ALL, BASE, KINDS, partner_client, post
+from tests.support.records import care_plan, patient, referral, task
+
+REVIEWER_SCOPES = ("system/AuditEvent.rs", "system/Consent.rs", "system/Organization.rs")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    keys = tmp_path / "keys"
+    init_keys(keys, START)
+    return Settings(
+        database_url=f"sqlite:///{tmp_path}/unused.db",
+        keys_dir=keys,
+        base_url=BASE,
+        log_level="CRITICAL",  # a provoked 500 would otherwise log its traceback to stderr
+        max_body_bytes=64 * 1024,
+    )
+
+
+def _answering_client(
+    settings: Settings,
+    store: SqlStore,
+    clock: FrozenClock,
+    partner_id: str,
+    kind: str,
+    scopes: tuple[str, ...],
+    purposes: tuple[str, ...],
+) -> TestClient:
+    requester = Requester(partner_id, kind, f"Organization/{partner_id}", scopes, purposes)
+    app = create_app(
+        settings,
+        store=store,
+        clock=clock,
+        authenticate=fixed_requester(requester),
+        partner_kinds=KINDS,
+    )
+    return TestClient(app, base_url=BASE, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def hostile(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
+    """The shelter, with every scope, as a hostile partner would hold them."""
+    with _answering_client(
+        settings, sql_store, clock, "riverside-shelter", "shelter", ALL, ("TREAT",)
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def hostile_reviewer(
+    settings: Settings, sql_store: SqlStore, clock: FrozenClock
+) -> Iterator[TestClient]:
+    """The compliance office (the one requester the audit routes answer)."""
+    with _answering_client(
+        settings, sql_store, clock, "compliance-office", "compliance", REVIEWER_SCOPES, ("HCOMPL",)
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def planted(hostile: TestClient) -> dict[str, str]:
+    """A survivor and a plan the shelter holds, so that hostile requests meet real rows."""
+    survivor = post(hostile, "/fhir/Patient", patient()).json()
+    plan = post(hostile, "/fhir/CarePlan", care_plan(survivor["id"])).json()
+    return {"patient": survivor["id"], "plan": plan["id"]}
+
+
+# The demo network's shelter and clinic as the disclose tests drive them (tests/disclose/
+# conftest.py): server exceptions re-raised, so that an attack answered with a 500 fails the
+# test rather than passing as a refusal.
+
+
+@pytest.fixture
+def shelter(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
+    with partner_client(settings, sql_store, clock, "riverside-shelter", "shelter") as c:
+        yield c
+
+
+@pytest.fixture
+def clinic(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
+    with partner_client(settings, sql_store, clock, "harbor-clinic", "clinic") as c:
+        yield c
+
+
+@pytest.fixture
+def shelter_record(shelter: TestClient) -> dict[str, str]:
+    """A survivor the shelter registered, with a plan and a referral to the clinic."""
+    survivor = post(shelter, "/fhir/Patient", patient("Álvarez", "María", mrn="RSH-000412")).json()
+    plan = post(shelter, "/fhir/CarePlan", care_plan(survivor["id"])).json()
+    ref = post(shelter, "/fhir/ServiceRequest", referral(survivor["id"])).json()
+    work = post(shelter, "/fhir/Task", task(ref["id"], survivor["id"])).json()
+    return {
+        "patient": survivor["id"],
+        "plan": plan["id"],
+        "referral": ref["id"],
+        "task": work["id"],
+    }
+
+
+@pytest.fixture
+def hospital(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
+    with partner_client(settings, sql_store, clock, "st-marys-hospital", "hospital") as c:
+        yield c
+
+
+@pytest.fixture
+def legal_aid(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
+    with partner_client(
+        settings, sql_store, clock, "northside-legal-aid", "legal-aid", purposes=("HLEGAL",)
+    ) as c:
+        yield c
