@@ -413,14 +413,16 @@ class ConsentedSession:
     def _missing(
         self, interaction: str, resource_type: str, resource_id: str, found: Found
     ) -> NoReturn:
-        """Audit the refusal of a record not shown (absent or hidden: one shape) and raise the
-        one absent answer."""
+        """Audit the refusal of a record not shown and raise the one absent answer. Absent or
+        hidden, the event has one shape: the record asked for (``entity``, which is how the
+        review finds who probed a survivor's records) and the rule, never the hidden record's
+        patient, which an absent id has none of: an event naming her would cost more to write,
+        and the refusal would answer slower than an absence."""
         self._refused(
             interaction,
             resource_type,
             found.decision.rule,
             target=f"{resource_type}/{resource_id}",
-            patient=found.patient,
         )
         raise not_found(resource_type, resource_id)
 
@@ -443,19 +445,15 @@ class ConsentedSession:
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredResource:
         self._allow(resource_type, "read")
         found = self._find(resource_type, resource_id)
-        version: StoredResource | None = None
-        marker = False
-        try:  # looked up whether or not the record may be seen: the same cost for both
-            version = self._raw.vread(resource_type, resource_id, version_id)
-        except Gone:
-            marker = True
-        except NotFound:
-            pass
-        if found.shown is None:
+        if found.shown is None:  # before the version is looked up: hidden costs what absent does
             self._missing("vread", resource_type, resource_id, found)
-        if marker:  # a deletion, of a record it could see
-            raise Gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
-        if version is None:
+        try:
+            version = self._raw.vread(resource_type, resource_id, version_id)
+        except Gone:  # a deletion, of a record it could see
+            raise Gone(
+                f"Version {version_id} of {resource_type}/{resource_id} is a deletion"
+            ) from None
+        except NotFound:
             self._missing("vread", resource_type, resource_id, replace(found, decision=NO_VERSION))
         released, decision = self._release_version(version, found)
         if released is None:

@@ -105,7 +105,9 @@ def test_a_refused_read_is_audited_as_a_refusal_and_answers_like_an_absent_recor
     (event,) = new_events(clinic, before)
     assert event["outcome"] == "4"
     assert event["outcomeDesc"] == "no-permit"
-    assert entities(event, "1") == [f"Patient/{shelter_record['patient']}"]
+    # The record asked for, never its patient: an absent id has none, and the refusal must
+    # cost what an absence costs (the review finds probes of her records by entity).
+    assert entities(event, "1") == []
     assert entities(event, "4") == [f"CarePlan/{shelter_record['plan']}"]
     assert "refused:no-permit" in subtypes(event)
 
@@ -302,7 +304,7 @@ ROWS = [
     ("shelter", "GET", "/fhir/CarePlan?patient={patient}", None, [("search-type", "0", P)]),
     ("shelter", "POST", "/fhir/CarePlan/_search", "patient={patient}", [("search-type", "0", P)]),
     ("clinic", "GET", "/fhir/CarePlan/{plan}", None, [("read", "0", P)]),
-    ("legal-aid", "GET", "/fhir/CarePlan/{plan}", None, [("read", "4", P)]),
+    ("legal-aid", "GET", "/fhir/CarePlan/{plan}", None, [("read", "4", None)]),
     ("shelter", "POST", "/fhir/ServiceRequest", "referral", [("create", "0", P)]),
     ("shelter", "PUT", "/fhir/Task/{task}", "task", [("update", "0", P)]),
     ("shelter", "DELETE", "/fhir/Task/{task}", None, [("delete", "0", P)]),

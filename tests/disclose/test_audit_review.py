@@ -115,7 +115,8 @@ def test_a_refused_read_is_found_by_outcome(
         settings, sql_store, clock, "northside-legal-aid", "legal-aid", purposes=("HLEGAL",)
     ) as legal_aid:
         assert legal_aid.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 404
-    found = compliance.get(f"/fhir/AuditEvent?patient={shelter_record['patient']}&outcome=4").json()
+    plan = f"CarePlan/{shelter_record['plan']}"
+    found = compliance.get(f"/fhir/AuditEvent?entity={plan}&outcome=4").json()
     (event,) = resources(found)
     assert event["outcomeDesc"] == "no-permit"
 
