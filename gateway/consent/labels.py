@@ -22,6 +22,7 @@ Pure: no I/O once the tables are loaded (``load_label_tables``).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,15 @@ def tables_from_dict(doc: Mapping[str, Any]) -> LabelTables:
 
 
 def _fold(code: str) -> str:
-    return code.replace(".", "").upper()
+    return _plain(code).replace(".", "").upper()
+
+
+def _plain(code: str) -> str:
+    """A code as compared: compatibility-normalised (a fullwidth F is F), invisible format
+    characters (zero-width spaces) dropped, and a SNOMED expression's ``|term|`` cut off."""
+    text = unicodedata.normalize("NFKC", code)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return text.split("|", 1)[0].strip()
 
 
 def _codings(node: Any, *, skip: frozenset[str]) -> Iterator[dict[str, Any]]:
@@ -124,7 +133,7 @@ def sensitivity_of(resource: Mapping[str, Any], tables: LabelTables) -> set[str]
     found: set[str] = set()
     for coding in _codings(resource, skip=skip):
         system, code = canonical_system(coding["system"]), coding["code"]
-        found |= tables.exact.get((system, code), frozenset())
+        found |= tables.exact.get((system, _plain(code)), frozenset())
         rules = tables.prefixes.get(system)
         if rules:
             folded = _fold(code)

@@ -507,6 +507,8 @@ class ConsentedSession:
 
     def search(self, query: SearchQuery) -> SearchPage:
         self._allow(query.resource_type, "search")
+        if query.held_only:  # a conditional create's lookup: it answers with the record
+            self._allow(query.resource_type, "create")
         for include in (*query.includes, *query.revincludes):
             self._allow(include.source_type, "search")
         included_types = {i.target_type for i in query.includes if i.target_type}
@@ -516,8 +518,16 @@ class ConsentedSession:
         decisions: dict[tuple[str, str], Decision] = {}
         visibility = replace(self._visibility, reach=self._reach(query, decisions))
         page = self._raw.search(replace(query, visible_to=visibility))
-        # An _include without a target type may reach any type: keep only what scopes allow.
-        included = [r for r in page.included if self._grant.allows(r.resource_type, "read")]
+        matches = [_redacted(r, decisions.get(r.key)) for r in page.matches]
+        # An _include without a target type may reach any type: keep only what scopes allow,
+        # and only what the references of the records *as shown* lead to (a reference that
+        # redaction removed, e.g. a LOCIS-labelled performer, leads nowhere).
+        included = [
+            r
+            for r in page.included
+            if self._grant.allows(r.resource_type, "read")
+            and _still_included(query, matches, _redacted(r, decisions.get(r.key)))
+        ]
         if not query.held_only:  # a conditional create's lookup discloses nothing
             self._trail.add(
                 Activity(
@@ -532,7 +542,6 @@ class ConsentedSession:
                     target_patient=_pinned_patient(query),
                 )
             )  # fmt: skip
-        matches = [_redacted(r, decisions.get(r.key)) for r in page.matches]
         included = [_redacted(r, decisions.get(r.key)) for r in included]
         if any(r.resource_type == "Patient" for r in (*matches, *included)):
             linked = iter(self._linked([*matches, *included]))
@@ -613,6 +622,10 @@ class ConsentedSession:
         rules = self._rules
         if rules is None or query.held_only or self._actor is None:
             return None
+        if any(c.missing is not None for c in query.clauses):
+            # Whether an element is there at all is itself withheld when redaction removes it:
+            # a :missing search matches only what the requester holds.
+            return None
         clauses = _through_person_identifiers(query, rules.policy.person_identifier_systems)
         if clauses is None:
             return None
@@ -636,6 +649,11 @@ class ConsentedSession:
         request = self._access("search")
         now = rules.clock.now()
         content = [c for c in query.clauses if c.name not in RECORD_CLAUSES]
+        # Break-glass reaches one survivor at a time: only her records (a Patient found by one
+        # full person identifier, or the records of the Patient the search names), never a
+        # population, and never through an _include or _revinclude of another record.
+        pinned = _pinned_patient(query)
+        by_identifier = _pins_one_patient(query)
 
         def release(session: StoreSession, found: Sequence[Candidate]) -> set[tuple[str, str]]:
             patients = [patient_from_index(c.resource_type, c.id, c.entries) for c in found]
@@ -670,6 +688,11 @@ class ConsentedSession:
                         decision = decide(request, fact, mine, rules.policy, now)
                     decided[key] = decision
                 if not decision.permit:
+                    continue
+                if decision.break_glass and not (
+                    (pinned is not None and patient_id == pinned)
+                    or (by_identifier and candidate.resource_type == query.resource_type)
+                ):
                     continue
                 if not _shown_matches(session, candidate, decision.obligations, content):
                     continue
@@ -971,6 +994,35 @@ def _shown_matches(
     shown = orjson.loads(_redacted(stored, Decision(True, "", None, None, tuple(obligations))).body)
     entries = extract(shown)
     return all(clause_matches(c, entries) for c in affected)
+
+
+def _references(stored: StoredResource, param: str) -> set[tuple[str, str]]:
+    """The (type, id) a record *as shown* points at through a reference parameter."""
+    doc = orjson.loads(stored.body)
+    return {
+        (e.ref_type, e.ref_id)
+        for e in extract(doc)
+        if e.param == param and e.ref_type is not None and e.ref_id is not None
+    }
+
+
+def _still_included(
+    query: SearchQuery, matches: Sequence[StoredResource], included: StoredResource
+) -> bool:
+    """Whether an included record is reached by the references of the page as shown: a
+    forward include through a reference a match still carries, or a reverse include whose own
+    shown reference still names a match."""
+    for inc in query.includes:
+        if inc.target_type not in (None, included.resource_type):
+            continue
+        if any(included.key in _references(m, inc.param) for m in matches):
+            return True
+    for inc in query.revincludes:
+        if inc.source_type != included.resource_type:
+            continue
+        if {m.key for m in matches} & _references(included, inc.param):
+            return True
+    return False
 
 
 PATIENT_PARAMS = frozenset({"patient", "subject"})

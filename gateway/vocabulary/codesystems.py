@@ -30,6 +30,8 @@ TABLE_FILE = Path(__file__).with_name("code_systems.json")
 
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _OID_PREFIX = "urn:oid:"
+# SNOMED CT edition URIs: http://snomed.info/sct/<module>[/version/<date>] (SNOMED URI standard)
+_SNOMED_EDITION = re.compile(r"(http://snomed\.info/sct)/[0-9]+(?:/version/[0-9]+)?")
 
 
 def _key(system: str) -> str:
@@ -81,7 +83,11 @@ def canonical_system(system: str | None) -> str | None:
     """The canonical URI of a listed code system; any other system (and None) unchanged."""
     if not isinstance(system, str):
         return system
-    return _CANONICAL.get(_key(system), system)
+    key = _key(system)
+    edition = _SNOMED_EDITION.fullmatch(key)
+    if edition is not None:  # an edition (and version) URI is still SNOMED CT
+        key = edition.group(1)
+    return _CANONICAL.get(key, system)
 
 
 def canonical_uris() -> frozenset[str]:
