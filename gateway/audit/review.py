@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 from gateway.audit.chain import AuditPage, AuditQuery
 from gateway.audit.events import Disclosed
 from gateway.errors import BadRequest, Forbidden, Issue, UnknownParameter
+from gateway.store.query import FORBIDDEN_CHARS
 from gateway.store.records import fhir_instant
 from gateway.store.searchparams import parse_date_range
 
@@ -50,15 +51,19 @@ def parse_audit_query(
     low: str | None = None
     high: str | None = None
     count, before = default_count, None
+    if len(params) > MAX_AUDIT_PARAMS:
+        raise BadRequest(f"an AuditEvent search takes at most {MAX_AUDIT_PARAMS} parameters")
     for name, value in params:
+        if FORBIDDEN_CHARS.search(name) or FORBIDDEN_CHARS.search(value) or len(value) > 2048:
+            raise BadRequest("a search parameter carries a control character or is too long")
         if name in IGNORED:
             continue
         if name == "_count":
-            if not value.isdigit():
+            if not _digits(value, 9):
                 raise BadRequest("_count must be a non-negative integer")
             count = max(1, min(int(value), max_count))
         elif name == "_cursor":
-            if not value.isdigit():
+            if not _digits(value, 18):
                 raise BadRequest("_cursor is not a valid paging token")
             before = int(value)
         elif name == "date":
@@ -75,6 +80,14 @@ def parse_audit_query(
                 ],
             )
     return AuditQuery(tuple(criteria), low, high, count, before)
+
+
+MAX_AUDIT_PARAMS = 20  # each criterion is one more index lookup: a review needs a handful
+
+
+def _digits(value: str, most: int) -> bool:
+    """ASCII digits only (``"²".isdigit()`` is true), and few enough for a 64-bit integer."""
+    return value.isascii() and value.isdigit() and len(value) <= most
 
 
 def _split(name: str, value: str) -> list[str]:

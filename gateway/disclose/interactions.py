@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -120,7 +120,7 @@ class Interactions:
     ) -> Result:
         check_type(resource_type)
         check_id(resource_id)
-        if not version.isdigit() or len(version) > 9:
+        if not (version.isascii() and version.isdigit()) or len(version) > 9:
             raise not_found(resource_type, resource_id)
         return self._resource_result(session.vread(resource_type, resource_id, int(version)))
 
@@ -225,18 +225,19 @@ class Interactions:
         count, since, before = self.default_count, None, None
         for name, value in params:
             if name == "_count":
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()) or len(value) > 9:
                     raise BadRequest("_count must be a non-negative integer")
                 count = max(1, min(int(value), self.max_count))
             elif name == "_since":
                 try:
                     since = datetime.fromisoformat(value.replace("Z", "+00:00"))
-                except ValueError as exc:
+                    if since.tzinfo is None:
+                        raise BadRequest("_since must carry a time zone")
+                    since.astimezone(UTC)  # a moment a timestamp can hold
+                except (ValueError, OverflowError) as exc:
                     raise BadRequest("_since must be a FHIR instant") from exc
-                if since.tzinfo is None:
-                    raise BadRequest("_since must carry a time zone")
             elif name == "_page":
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()) or len(value) > 9:
                     raise BadRequest("_page is not a valid paging token")
                 before = int(value)
             elif name not in ("_format", "_pretty"):

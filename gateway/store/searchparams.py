@@ -464,28 +464,47 @@ def _date_span(value: Any) -> tuple[str, str] | None:
 
 
 def parse_date_range(text: str) -> tuple[str, str]:
-    """The implicit range of a FHIR date/dateTime/instant, as (low, high) stamps inclusive."""
+    """The implicit range of a FHIR date/dateTime/instant, as (low, high) stamps inclusive. At
+    the edges of the calendar (9999-12-31, or 0001-01-01 with an offset east of UTC) a bound a
+    timestamp cannot hold is the earliest or the latest stamp, never an error."""
     try:
         if len(text) == 4:
-            y = int(text)
-            return stamp(_utc(y, 1, 1)), stamp(_utc(y + 1, 1, 1) - _TICK)
-        if len(text) == 7:
-            y, m = int(text[:4]), int(text[5:7])
-            nxt = _utc(y + (m == 12), m % 12 + 1, 1)
-            return stamp(_utc(y, m, 1)), stamp(nxt - _TICK)
-        if len(text) == 10:
+            start, precision = _utc(int(text), 1, 1), "year"
+        elif len(text) == 7:
+            start, precision = _utc(int(text[:4]), int(text[5:7]), 1), "month"
+        elif len(text) == 10:
             d = date.fromisoformat(text)
-            start = _utc(d.year, d.month, d.day)
-            return stamp(start), stamp(start + timedelta(days=1) - _TICK)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            start, precision = _utc(d.year, d.month, d.day), "day"
+        else:
+            start = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if start.tzinfo is None:
+                start = start.replace(tzinfo=UTC)
+            # A dateTime given to the second covers that whole second.
+            precision = "second" if start.microsecond == 0 and "." not in text else "instant"
     except ValueError as exc:
         raise BadRequest("invalid date value") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    # A dateTime given to the second covers that whole second.
-    if moment.microsecond == 0 and "." not in text:
-        return stamp(moment), stamp(moment + timedelta(seconds=1) - _TICK)
-    return stamp(moment), stamp(moment)
+    late = start.year > 5000
+    try:
+        low = stamp(start)
+    except OverflowError:
+        low = _LATEST if late else _EARLIEST
+    try:
+        high = stamp(_last_instant(start, precision))
+    except (OverflowError, ValueError):
+        high = _LATEST if late else _EARLIEST
+    return low, high
+
+
+def _last_instant(start: datetime, precision: str) -> datetime:
+    if precision == "year":
+        return _utc(start.year + 1, 1, 1) - _TICK
+    if precision == "month":
+        return _utc(start.year + (start.month == 12), start.month % 12 + 1, 1) - _TICK
+    if precision == "day":
+        return start + timedelta(days=1) - _TICK
+    if precision == "second":
+        return start + timedelta(seconds=1) - _TICK
+    return start
 
 
 _TICK = timedelta(microseconds=1)
