@@ -21,8 +21,12 @@ from gateway.keys import init_keys
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
 from tests.conftest import START
+
+# The demo network's shelter, clinic and survivor, exactly as the disclose tests drive them
+# (server exceptions re-raised: an attack answered with a 500 fails rather than passes).
+from tests.disclose.conftest import clinic, shelter, shelter_record  # noqa: F401
 from tests.support.network import ALL, BASE, KINDS, partner_client, post
-from tests.support.records import care_plan, patient, referral, task
+from tests.support.records import care_plan, patient
 
 REVIEWER_SCOPES = ("system/AuditEvent.rs", "system/Consent.rs", "system/Organization.rs")
 
@@ -86,38 +90,6 @@ def planted(hostile: TestClient) -> dict[str, str]:
     survivor = post(hostile, "/fhir/Patient", patient()).json()
     plan = post(hostile, "/fhir/CarePlan", care_plan(survivor["id"])).json()
     return {"patient": survivor["id"], "plan": plan["id"]}
-
-
-# The demo network's shelter and clinic as the disclose tests drive them (tests/disclose/
-# conftest.py): server exceptions re-raised, so that an attack answered with a 500 fails the
-# test rather than passing as a refusal.
-
-
-@pytest.fixture
-def shelter(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
-    with partner_client(settings, sql_store, clock, "riverside-shelter", "shelter") as c:
-        yield c
-
-
-@pytest.fixture
-def clinic(settings: Settings, sql_store: SqlStore, clock: FrozenClock) -> Iterator[TestClient]:
-    with partner_client(settings, sql_store, clock, "harbor-clinic", "clinic") as c:
-        yield c
-
-
-@pytest.fixture
-def shelter_record(shelter: TestClient) -> dict[str, str]:
-    """A survivor the shelter registered, with a plan and a referral to the clinic."""
-    survivor = post(shelter, "/fhir/Patient", patient("Álvarez", "María", mrn="RSH-000412")).json()
-    plan = post(shelter, "/fhir/CarePlan", care_plan(survivor["id"])).json()
-    ref = post(shelter, "/fhir/ServiceRequest", referral(survivor["id"])).json()
-    work = post(shelter, "/fhir/Task", task(ref["id"], survivor["id"])).json()
-    return {
-        "patient": survivor["id"],
-        "plan": plan["id"],
-        "referral": ref["id"],
-        "task": work["id"],
-    }
 
 
 @pytest.fixture
