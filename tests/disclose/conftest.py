@@ -13,25 +13,15 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.clock import FrozenClock
 from gateway.disclose.deps import Requester, fixed_requester
-from gateway.keys import init_keys
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
-from tests.conftest import START
-from tests.support.network import BASE, partner_client, post
+from tests.support.network import BASE, gateway_settings, partner_client, post
 from tests.support.records import care_plan, patient, referral, task
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    keys = tmp_path / "keys"
-    init_keys(keys, START)
-    return Settings(
-        database_url=f"sqlite:///{tmp_path}/unused.db",
-        keys_dir=keys,
-        base_url=BASE,
-        log_level="WARNING",
-        max_body_bytes=64 * 1024,
-    )
+    return gateway_settings(tmp_path, max_body_bytes=64 * 1024)
 
 
 @pytest.fixture

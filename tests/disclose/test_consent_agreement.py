@@ -20,13 +20,11 @@ from gateway.consent.engine import AccessRequest, decide, facts_from_resource
 from gateway.consent.model import parse_consent
 from gateway.consent.policy import load_policy
 from gateway.consent.redact import redact
-from gateway.keys import init_keys
-from gateway.settings import Settings
 from gateway.store.port import ResourceStore
 from gateway.store.records import canonical
 from tests.conftest import START
 from tests.consent.test_engine import LABELS, consent_doc, prov, provisions
-from tests.support.network import BASE, FHIR, KINDS, partner_client
+from tests.support.network import FHIR, KINDS, gateway_settings, partner_client
 from tests.support.records import care_plan, patient, referral, task
 
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "consent_policies")
@@ -102,14 +100,7 @@ def consents(
 def test_rest_reads_and_searches_agree_with_decide(
     any_store: ResourceStore, tmp_path: Path
 ) -> None:
-    keys = tmp_path / "keys"
-    init_keys(keys, START)
-    app_settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/unused.db",
-        keys_dir=keys,
-        base_url=BASE,
-        log_level="WARNING",
-    )
+    app_settings = gateway_settings(tmp_path)
     clock = FrozenClock(START)  # standing still: the engine and the app read the same time
 
     @AGREEMENT

@@ -17,15 +17,13 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.clock import FrozenClock
 from gateway.disclose.deps import Requester, fixed_requester
-from gateway.keys import init_keys
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
-from tests.conftest import START
 
 # The demo network's shelter, clinic and survivor, exactly as the disclose tests drive them
 # (server exceptions re-raised: an attack answered with a 500 fails rather than passes).
 from tests.disclose.conftest import clinic, shelter, shelter_record  # noqa: F401
-from tests.support.network import ALL, BASE, KINDS, partner_client, post
+from tests.support.network import ALL, BASE, KINDS, gateway_settings, partner_client, post
 from tests.support.records import care_plan, patient
 
 REVIEWER_SCOPES = ("system/AuditEvent.rs", "system/Consent.rs", "system/Organization.rs")
@@ -33,15 +31,8 @@ REVIEWER_SCOPES = ("system/AuditEvent.rs", "system/Consent.rs", "system/Organiza
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    keys = tmp_path / "keys"
-    init_keys(keys, START)
-    return Settings(
-        database_url=f"sqlite:///{tmp_path}/unused.db",
-        keys_dir=keys,
-        base_url=BASE,
-        log_level="CRITICAL",  # a provoked 500 would otherwise log its traceback to stderr
-        max_body_bytes=64 * 1024,
-    )
+    # CRITICAL: a provoked 500 would otherwise log its traceback to stderr
+    return gateway_settings(tmp_path, log_level="CRITICAL", max_body_bytes=64 * 1024)
 
 
 def _answering_client(

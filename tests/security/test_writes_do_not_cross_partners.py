@@ -23,11 +23,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gateway.clock import FrozenClock
-from gateway.keys import init_keys
-from gateway.settings import Settings
 from gateway.store.port import ResourceStore
 from tests.conftest import START
-from tests.support.network import BASE, FHIR, KINDS, partner_client, release_consent
+from tests.support.network import (
+    BASE,
+    FHIR,
+    KINDS,
+    gateway_settings,
+    partner_client,
+    release_consent,
+)
 from tests.support.records import HMIS, care_plan, patient, referral, task
 
 SHELTER = "riverside-shelter"
@@ -167,14 +172,7 @@ def attacks(
 def test_nothing_one_partner_writes_changes_another_partners_disclosures(
     any_store: ResourceStore, tmp_path: Path
 ) -> None:
-    keys = tmp_path / "keys"
-    init_keys(keys, START)
-    app_settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/unused.db",
-        keys_dir=keys,
-        base_url=BASE,
-        log_level="WARNING",
-    )
+    app_settings = gateway_settings(tmp_path)
     clock = FrozenClock(START)
     reached = {"examples": 0, "released": 0, "attacked": 0, "both": 0}
     with ExitStack() as stack:

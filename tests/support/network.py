@@ -4,6 +4,7 @@ with a fixed requester standing in for its token, and the documents they exchang
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,9 +14,11 @@ from gateway.app import create_app
 from gateway.audit.trail import AuditLog, MemoryAuditLog
 from gateway.clock import FrozenClock
 from gateway.disclose.deps import Requester, fixed_requester
+from gateway.keys import init_keys
 from gateway.settings import Settings
 from gateway.store.port import ResourceStore
 from gateway.store.sql import SqlStore
+from tests.conftest import START
 
 BASE = "http://gateway.test"
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -27,6 +30,21 @@ KINDS = {
     "northside-legal-aid": "legal-aid",
     "st-marys-hospital": "hospital",
 }
+
+
+def gateway_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for an app under test: fresh keys in ``tmp_path``, the test base URL, quiet
+    logs (the store is handed to the app, so the database URL is never opened)."""
+    keys = tmp_path / "keys"
+    init_keys(keys, START)
+    values: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp_path}/unused.db",
+        "keys_dir": keys,
+        "base_url": BASE,
+        "log_level": "WARNING",
+        **overrides,
+    }
+    return Settings(**values)
 
 
 def partner_client(
