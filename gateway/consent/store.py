@@ -386,9 +386,11 @@ class ConsentedSession:
                 None,
                 criteria=tuple(ReferenceCriterion("Patient", p) for p in [*chunk, ANY_PATIENT]),
             )
-            active = Clause("status", Kind.TOKEN, None, criteria=(TokenCriterion(None, "active"),))
+            # By patient only: a status clause made the planner walk every active Consent of
+            # the network (4 ms a read with 1,000 survivors); the few inactive ones a patient
+            # has are dropped by the engine, which counts only active Consents.
             query = SearchQuery(
-                "Consent", (of_patients, active), count=MAX_CONSENTS_READ, with_total=False
+                "Consent", (of_patients,), count=MAX_CONSENTS_READ, with_total=False
             )
             read = 0
             while read <= READ_LIMIT:

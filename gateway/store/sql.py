@@ -163,7 +163,7 @@ class SqlStore:
 
     def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
         row = self._driver_fetch(
-            "consent_probe", self._sql.consent_probe, (actor[0], actor[1], recorder, patient_id)
+            "consent_probe", self._sql.consent_probe, (patient_id, recorder, actor[0], actor[1])
         )
         return row is not None
 
@@ -518,7 +518,7 @@ class _SqlSession:
         return _located(self._ring, resource_type, resource_id, row)
 
     def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
-        params = (actor[0], actor[1], recorder, patient_id)
+        params = (patient_id, recorder, actor[0], actor[1])
         return self.conn.exec_driver_sql(self._sql.consent_probe, params).first() is not None
 
     def _lock_head(self, resource_type: str, resource_id: str) -> Any:
@@ -1015,18 +1015,19 @@ class _DriverSql:
                 f"WHERE r.resource_type = {marks(1)} AND r.id = {marks(1)} "
                 "ORDER BY v.version_id DESC LIMIT 1"
             ),
-            # Led by the Consents that name the actor (the same index range whatever the
-            # patient), then narrowed to the recorder's active Consents of this patient.
+            # Led by the patient's Consents (a handful; none for the id of an absent record, and
+            # never all the Consents that name a busy recipient), then narrowed to the
+            # recorder's active ones that name the actor (or an actor that cannot be read).
             consent_probe=(
-                "SELECT 1 FROM search_index a JOIN resources c ON c.rid = a.rid "  # noqa: S608
-                "WHERE a.resource_type = 'Consent' AND a.param = '_consent-actor' "
-                f"AND ((a.ref_type = {marks(1)} AND a.ref_id = {marks(1)}) "
-                "OR (a.ref_type = '*' AND a.ref_id = '*')) "
+                "SELECT 1 FROM search_index p JOIN resources c ON c.rid = p.rid "  # noqa: S608
+                "WHERE p.resource_type = 'Consent' AND p.param = '_consent-patient' "
+                f"AND p.ref_id IN ({marks(1)}, '*') AND p.ref_type = 'Patient' "
                 f"AND c.contributor = {marks(1)} AND NOT c.deleted "
-                "AND EXISTS (SELECT 1 FROM search_index p WHERE p.rid = a.rid "
-                "AND p.param = '_consent-patient' AND p.ref_type = 'Patient' "
-                f"AND p.ref_id IN ({marks(1)}, '*')) "
-                "AND EXISTS (SELECT 1 FROM search_index s WHERE s.rid = a.rid "
+                "AND EXISTS (SELECT 1 FROM search_index a WHERE a.rid = p.rid "
+                "AND a.param = '_consent-actor' "
+                f"AND ((a.ref_type = {marks(1)} AND a.ref_id = {marks(1)}) "
+                "OR (a.ref_type = '*' AND a.ref_id = '*'))) "
+                "AND EXISTS (SELECT 1 FROM search_index s WHERE s.rid = p.rid "
                 "AND s.param = 'status' AND s.code = 'active') LIMIT 1"
             ),
             insert_versions=(

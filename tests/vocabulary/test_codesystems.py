@@ -84,7 +84,7 @@ def test_the_tho_stub_uri_of_icd10_is_icd10() -> None:
         "http://hl7.org/fhir/sid/icd-10-cm/extra",
         "http://hl7.org/fhir/sid/ICD-10-CM",  # the path is compared as written
         "http://hl7.org/fhir/sid/icd-9-cm",
-        "http://snomed.info/sct/731000124108",  # an edition URI is not the system URI
+        "http://snomed.info/sctx/731000124108",
         "http://terminology.hl7.org/CodeSystem/v3-ActCode",
         "ftp://loinc.org",
         "loinc.org",
@@ -134,3 +134,14 @@ def test_the_vocabulary_floor_imports_nothing_from_the_gateway() -> None:
         )
     ]
     assert not [m for m in imported if m == "gateway" or m.startswith("gateway.")]
+
+
+@pytest.mark.parametrize(
+    "edition",
+    ["http://snomed.info/sct/731000124108", "http://snomed.info/sct/900000000000207008/",
+     "https://snomed.info/sct/731000124108/version/20250301"],
+)  # fmt: skip
+def test_a_snomed_edition_uri_is_snomed_ct(edition: str) -> None:
+    # The SNOMED URI standard: an edition (and version) of SNOMED CT is still SNOMED CT, and a
+    # US-edition code must get the label its international code gets.
+    assert canonical_system(edition) == "http://snomed.info/sct"
