@@ -8,7 +8,7 @@ AES-256-GCM encryption, a handful of statements per batch). On SQLite (a temp fi
 reachable, on PostgreSQL (a dedicated ``bench`` database; the ``test`` database is never touched).
 
 Baselines, in the same run, so the table shows where the time goes:
-- validation alone (fhir.resources R4B models, no store);
+- validation alone (`gateway.ingest.validate`: strict R4 4.0.1 from shipped definitions, no store);
 - the store alone (``write_many`` without validation), per backend.
 
 Every path starts from an empty schema. Prints resources/s beside the target (≥ 2,000/s on

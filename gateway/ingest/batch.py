@@ -1,7 +1,8 @@
 """Batch ingest: many resources into the store, validated on every core.
 
-Validation (fhir.resources) costs more CPU per resource than the store's whole write, so the batch
-path validates the *next* batch in worker processes while the store writes the current one. A
+Validation (``ingest.validate``, strict R4) costs CPU per resource on the scale of the store's
+write, so the batch path validates the *next* batch in worker processes while the store writes
+the current one. A
 resource that fails validation is not written and not lost: it comes back in the report with the
 issues that name its faulty elements (never its values), for the caller to quarantine.
 """
