@@ -524,12 +524,17 @@ class ConsentedSession:
         # An _include without a target type may reach any type: keep only what scopes allow,
         # and only what the references of the records *as shown* lead to (a reference that
         # redaction removed, e.g. a LOCIS-labelled performer, leads nowhere).
-        included = [
-            r
+        reached = _included_keys(query, matches)
+        match_keys = {m.key for m in matches}
+        pairs = [
+            (r, shown)
             for r in page.included
             if self._grant.allows(r.resource_type, "read")
-            and _still_included(query, matches, _redacted(r, decisions.get(r.key)))
+            and _still_included(
+                query, reached, match_keys, shown := _redacted(r, decisions.get(r.key))
+            )
         ]
+        included = [r for r, _ in pairs]
         if not query.held_only:  # a conditional create's lookup discloses nothing
             self._trail.add(
                 Activity(
@@ -544,7 +549,7 @@ class ConsentedSession:
                     target_patient=_pinned_patient(query),
                 )
             )  # fmt: skip
-        included = [_redacted(r, decisions.get(r.key)) for r in included]
+        included = [shown for _, shown in pairs]
         if any(r.resource_type == "Patient" for r in (*matches, *included)):
             linked = iter(self._linked([*matches, *included]))
             matches = [next(linked) for _ in matches]
@@ -998,33 +1003,46 @@ def _shown_matches(
     return all(clause_matches(c, entries) for c in affected)
 
 
-def _references(stored: StoredResource, param: str) -> set[tuple[str, str]]:
-    """The (type, id) a record *as shown* points at through a reference parameter."""
-    doc = orjson.loads(stored.body)
+def _references(stored: StoredResource, params: Iterable[str]) -> set[tuple[str, str, str]]:
+    """(parameter, type, id) a record *as shown* points at through these reference
+    parameters: one extraction of the shown body, whatever the number of parameters."""
+    wanted = frozenset(params)
+    if not wanted:
+        return set()
     return {
-        (e.ref_type, e.ref_id)
-        for e in extract(doc)
-        if e.param == param and e.ref_type is not None and e.ref_id is not None
+        (e.param, e.ref_type, e.ref_id)
+        for e in extract(orjson.loads(stored.body))
+        if e.param in wanted and e.ref_type is not None and e.ref_id is not None
     }
 
 
+def _included_keys(query: SearchQuery, matches: Sequence[StoredResource]) -> set[tuple[str, str]]:
+    """The records the page's matches, as shown, point at through the query's ``_include``s
+    (each match's shown body read once)."""
+    targets: dict[str, set[str | None]] = {}
+    for inc in query.includes:
+        targets.setdefault(inc.param, set()).add(inc.target_type)
+    out: set[tuple[str, str]] = set()
+    for match in matches:
+        for param, ref_type, ref_id in _references(match, targets):
+            if None in targets[param] or ref_type in targets[param]:
+                out.add((ref_type, ref_id))
+    return out
+
+
 def _still_included(
-    query: SearchQuery, matches: Sequence[StoredResource], included: StoredResource
+    query: SearchQuery,
+    reached: set[tuple[str, str]],
+    match_keys: set[tuple[str, str]],
+    included: StoredResource,
 ) -> bool:
     """Whether an included record is reached by the references of the page as shown: a
-    forward include through a reference a match still carries, or a reverse include whose own
-    shown reference still names a match."""
-    for inc in query.includes:
-        if inc.target_type not in (None, included.resource_type):
-            continue
-        if any(included.key in _references(m, inc.param) for m in matches):
-            return True
-    for inc in query.revincludes:
-        if inc.source_type != included.resource_type:
-            continue
-        if {m.key for m in matches} & _references(included, inc.param):
-            return True
-    return False
+    forward include through a reference a match still carries (``reached``), or a reverse
+    include whose own shown reference still names a match."""
+    if included.key in reached:
+        return True
+    params = [inc.param for inc in query.revincludes if inc.source_type == included.resource_type]
+    return any((t, i) in match_keys for _, t, i in _references(included, params))
 
 
 PATIENT_PARAMS = frozenset({"patient", "subject"})
