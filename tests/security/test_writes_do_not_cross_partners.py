@@ -46,6 +46,9 @@ PURPOSE_OF = {p: u[0] for p, u in OBSERVERS}
 PROPERTY = settings(
     max_examples=12,
     deadline=None,
+    # The same examples on every run: the hit-rate assertion below is then a fact about the
+    # test, not a coin toss (a random draw without a release would fail it now and then).
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
@@ -198,7 +201,8 @@ def test_nothing_one_partner_writes_changes_another_partners_disclosures(
             work = _post(shelter, "/fhir/Task", task(sent, survivor)).json()["id"]
             records = {"Patient": survivor, "CarePlan": plan, "ServiceRequest": sent, "Task": work}
             own = set(records.values())
-            recipient = data.draw(st.sampled_from([None, *{p for p, _ in OBSERVERS}]))
+            # Mostly a release in place (the interesting case), sometimes none.
+            recipient = data.draw(st.sampled_from([None, *[p for p, _ in OBSERVERS] * 2]))
             if recipient is not None:
                 purpose = PURPOSE_OF[recipient]
                 release = release_consent(
