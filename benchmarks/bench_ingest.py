@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, b
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from benchmarks.databases import add_postgres_options, bench_postgres_url
@@ -61,6 +61,8 @@ class Measured:
     path: str
     resources: int
     seconds: float
+    index_rows: int = 0  # search_index rows after the path (0: not measured)
+    index_bytes: int = 0  # search_index with its indexes, on disk
 
     @property
     def rate(self) -> float:
@@ -110,6 +112,23 @@ def ingest(
             if report.rejected:
                 raise RuntimeError(f"{label}: {len(report.rejected)} resources rejected")
         return time.perf_counter() - started
+
+
+def index_size(engine: Engine) -> tuple[int, int]:
+    """Rows of ``search_index`` and its size on disk with its indexes (the blind index writes a
+    row per name prefix: this is what that costs)."""
+    with engine.connect() as conn:
+        rows = int(conn.execute(text("SELECT COUNT(*) FROM search_index")).scalar_one())
+        if engine.dialect.name == "sqlite":
+            size = conn.execute(
+                text(
+                    "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat "
+                    "WHERE name = 'search_index' OR name LIKE 'ix_search%'"
+                )
+            ).scalar_one()
+        else:
+            size = conn.execute(text("SELECT pg_total_relation_size('search_index')")).scalar_one()
+    return rows, int(size)
 
 
 def _count_rows(engine: Engine) -> int:
@@ -171,6 +190,8 @@ def report(results: list[Measured], validation: Measured, console: Console, batc
     for name in ("backend", "path", "resources", "seconds", "resources/s", "target"):
         table.add_column(name, justify="left" if name in ("backend", "path") else "right")
     table.add_column("x validation", justify="right")
+    table.add_column("index rows/res", justify="right")
+    table.add_column("index bytes/res", justify="right")
     for m in [validation, *results]:
         target = ""
         if m.backend.startswith("SQLite") and m.path.startswith("validate + store"):
@@ -184,6 +205,8 @@ def report(results: list[Measured], validation: Measured, console: Console, batc
             f"{m.rate:,.0f}",
             target,
             f"{m.seconds / validation.seconds:.2f}x",
+            f"{m.index_rows / m.resources:.1f}" if m.index_rows else "",
+            f"{m.index_bytes / m.resources:,.0f}" if m.index_bytes else "",
         )
     console.print(table)
 
@@ -242,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     stored = _count_rows(engine)
                     if stored != len(docs):
                         raise RuntimeError(f"{label}: {stored} rows stored, not {len(docs)}")
-                results.append(Measured(backend.name, path, len(docs), seconds))
+                    rows, size = index_size(engine)
+                results.append(Measured(backend.name, path, len(docs), seconds, rows, size))
                 console.log(f"{label}: {len(docs) / seconds:,.0f} resources/s")
         report(results, validation, console, args.batch)
     finally:

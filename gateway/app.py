@@ -3,17 +3,22 @@ by a test); nothing lives at module level."""
 
 from __future__ import annotations
 
+import hmac
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import Engine, insert
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.audit.chain import AuditChain, CheckpointSigner
+from gateway.audit.sealing import EventSeal
 from gateway.audit.trail import AuditLog, MemoryAuditLog
 from gateway.clock import Clock, SystemClock
 from gateway.consent.labels import load_label_tables
@@ -32,27 +37,30 @@ from gateway.disclose.interactions import Interactions
 from gateway.disclose.rest import fhir_routes
 from gateway.errors import (
     BadRequest,
+    Forbidden,
     GatewayError,
     Issue,
     MethodNotAllowed,
     NotFound,
     ServiceUnavailable,
+    Unauthorized,
 )
 from gateway.keys import FileKeyRing, KeyMaterialError
-from gateway.observability import Metrics, ObservabilityMiddleware, configure_logging
+from gateway.observability import Metrics, ObservabilityMiddleware, Readiness, configure_logging
 from gateway.outcomes import error_outcome
 from gateway.partners import PartnerDirectory, ensure_organizations, partners_for
 from gateway.settings import Settings
-from gateway.store.database import ensure_schema, make_engine
+from gateway.store.database import DatabaseTimeouts, ensure_schema, make_engine
 from gateway.store.paging import CursorSeal
 from gateway.store.port import ResourceStore
+from gateway.store.schema import audit_log
 from gateway.store.sql import SqlStore
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 
 
 def build_store(settings: Settings, clock: Clock, metrics: Metrics) -> SqlStore:
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, timeouts=DatabaseTimeouts.from_settings(settings))
     ensure_schema(engine)
     return SqlStore(engine, FileKeyRing(settings.keys_dir), clock, on_timing=metrics.observe_store)
 
@@ -95,7 +103,7 @@ def create_app(
                 CheckpointSigner.from_keys_dir(settings.keys_dir),
                 clock,
                 checkpoint_every=settings.audit_checkpoint_every,
-                checkpoint_file=settings.audit_checkpoint_file,
+                checkpoint_file=settings.checkpoint_file,
             )
             if isinstance(the_store, SqlStore)
             else MemoryAuditLog(failing=True)
@@ -123,9 +131,20 @@ def create_app(
         ),
         audit=audit,
         partner_names={p.id: p.name for p in tokens.directory} if tokens is not None else {},
+        audit_seal=(
+            EventSeal(the_store.key_ring)
+            if isinstance(the_store, SqlStore)
+            else EventSeal.ephemeral()
+        ),
     )
     ctx.extras["metrics"] = metrics
     ctx.extras["tokens"] = tokens
+    readiness = Readiness(
+        _readiness_probe(settings, the_store, audit),
+        settings.ready_timeout_seconds,
+        metrics,
+        logger,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -155,34 +174,91 @@ def create_app(
     app.router.routes.extend(auth_routes(tokens, settings))
     app.router.routes.extend(routes)
     ctx.extras["fhir_routes"] = routes
-    _operations_routes(app, settings)
+    _operations_routes(app, settings, readiness)
     _error_handlers(app, logger)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, logger=logger)
     return app
 
 
-def _operations_routes(app: FastAPI, settings: Settings) -> None:
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', media_type="application/json")
+def _readiness_probe(
+    settings: Settings, store: ResourceStore, audit: AuditLog
+) -> Callable[[], None]:
+    """What /readyz checks, in a thread: the database answers, the audit log accepts a write
+    (a data request that cannot be audited is refused, so a gateway whose audit log cannot be
+    appended to is not ready), and the encryption keys are readable."""
 
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz(ctx: Context) -> Response:
-        ctx.store.ping()
-        if isinstance(ctx.store, SqlStore):
+    def probe() -> None:
+        store.ping()
+        if isinstance(audit, AuditChain) and isinstance(store, SqlStore):
+            audit_accepts_writes(store.engine)
+        elif getattr(audit, "failing", False):  # the in-memory twin, told to fail
+            raise ServiceUnavailable("the audit log cannot be written")
+        if isinstance(store, SqlStore):
             try:
                 ring = FileKeyRing(settings.keys_dir).current()
                 key_id, blob = ring.encrypt(b"ready", b"readyz")
                 ring.decrypt(key_id, blob, b"readyz")
             except KeyMaterialError as exc:
                 raise ServiceUnavailable("encryption keys are not readable") from exc
+
+    return probe
+
+
+def audit_accepts_writes(engine: Engine) -> None:
+    """The audit table takes a row: one INSERT, rolled back, so no event enters the chain and
+    no seq is used (seq 0 is never a chain's). It fails as an append would: the database is
+    read-only, full, locked past the lock timeout, or the role lacks INSERT."""
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(gateway_write=True)  # SQLite: the writer's lock
+            transaction = conn.begin()
+            try:
+                conn.execute(
+                    insert(audit_log).values(seq=0, recorded="", event="", prev_hash="", hash="")
+                )
+            finally:
+                transaction.rollback()
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable("the audit log cannot be written") from exc
+
+
+def _operations_routes(app: FastAPI, settings: Settings, readiness: Readiness) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        # Liveness only: never the database (a frozen database must not get workers killed).
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        reason = await readiness.check()
+        if reason is not None:
+            raise ServiceUnavailable(reason)
         return Response(b'{"status":"ready"}', media_type="application/json")
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics(ctx: Context) -> Response:
+    async def metrics(request: Request, ctx: Context) -> Response:
+        _may_scrape(request, settings)
         registry = ctx.extras["metrics"]
         assert isinstance(registry, Metrics)
-        return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _may_scrape(request: Request, settings: Settings) -> None:
+    """Metrics are open in the demo; otherwise only with ``GATEWAY_METRICS_TOKEN`` as a bearer
+    token (``serve --metrics-port`` serves them on a listener of their own instead)."""
+    if settings.demo:
+        return
+    if settings.metrics_token is None:
+        raise Forbidden(
+            "metrics are served only with GATEWAY_METRICS_TOKEN or on serve --metrics-port"
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = settings.metrics_token.get_secret_value().encode()
+    if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)):
+        raise Unauthorized(
+            "a metrics bearer token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
 
 
 def _error_handlers(app: FastAPI, logger: logging.Logger) -> None:
@@ -197,6 +273,14 @@ def _error_handlers(app: FastAPI, logger: logging.Logger) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(_request: Request, exc: GatewayError) -> Response:
         return outcome_response(exc)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def database_unavailable(_request: Request, exc: Exception) -> Response:
+        # Past the database bounds (docs/operations.md): no connection in time, a statement
+        # or lock timeout. The driver's message is not echoed (it may quote the statement).
+        logger.warning("database unavailable", extra={"fields": {"error": type(exc).__name__}})
+        return outcome_response(ServiceUnavailable("the database is unavailable; retry later"))
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(_request: Request, exc: RequestValidationError) -> Response:

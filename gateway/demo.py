@@ -37,7 +37,7 @@ from rich.table import Table
 from gateway.app import create_app
 from gateway.audit.chain import load_public_key, public_key_path
 from gateway.clock import SystemClock
-from gateway.keys import ENCRYPTION_FILE, init_keys
+from gateway.keys import ENCRYPTION_FILE, FileKeyRing, init_keys
 from gateway.partners import (
     PartnerDirectory,
     demo_key_path,
@@ -48,6 +48,7 @@ from gateway.partners import (
 )
 from gateway.settings import Settings
 from gateway.store.database import make_engine, upgrade
+from gateway.store.sql import SqlStore
 
 EXAMPLES = Path("examples/fhir")
 FHIR = "application/fhir+json"
@@ -67,7 +68,11 @@ def run_demo(settings: Settings, console: Console) -> int:
     # `gateway db upgrade`, deliberately).
     engine = make_engine(settings.database_url, pool_size=1)
     upgrade(engine)
-    engine.dispose()
+    store = SqlStore(engine, FileKeyRing(settings.keys_dir), SystemClock())
+    if store.count_unindexed():  # a demo database from before the blind index
+        done = sum(store.reindex())
+        console.print(f"[green]reindexed[/green] {done} records into the blind search index")
+    store.close()
     try:
         asyncio.run(_walkthrough(settings, partners_for(settings), console))
     except DemoFailure as exc:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -156,3 +159,155 @@ def test_key_rotation_and_audit_exports_are_themselves_audited(env: Path) -> Non
     assert '"key-rotation"' in events[0]
     assert '"audit-export"' in events[1]
     assert "operator: gateway key rotation" in events[0]
+
+
+# -- start-up errors are one line ---------------------------------------------------------------
+
+
+def _one_line_error(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert "Traceback" not in output
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+UNREACHABLE = "postgresql+psycopg://gateway:s3cret-pw@127.0.0.1:1/gateway"
+
+
+def test_serve_with_an_unreachable_database_is_one_line_and_exit_1(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert runner.invoke(app, ["keys", "init"]).exit_code == 0
+    monkeypatch.setenv("GATEWAY_DEMO", "true")
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", UNREACHABLE)
+    result = runner.invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 1
+    line = _one_line_error(result.output)
+    assert "cannot use the database" in line
+    assert "s3cret-pw" not in result.output
+
+
+def test_db_upgrade_with_an_unreachable_or_missing_database_is_one_line(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", UNREACHABLE)
+    unreachable = runner.invoke(app, ["db", "upgrade"])
+    assert unreachable.exit_code == 1
+    assert "Connection refused" in _one_line_error(unreachable.output)
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", "sqlite:////proc/no-such-dir/gateway.db")
+    missing = runner.invoke(app, ["db", "upgrade"])
+    assert missing.exit_code == 1
+    assert "cannot use the database" in _one_line_error(missing.output)
+
+
+def test_db_upgrade_to_an_unknown_revision_is_one_line(env: Path) -> None:
+    result = runner.invoke(app, ["db", "upgrade", "9999"])
+    assert result.exit_code == 1
+    assert "9999" in _one_line_error(result.output)
+
+
+def test_a_bad_log_level_is_refused_at_start_up_in_one_line(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_LOG_LEVEL", "LOUD")
+    result = runner.invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 1
+    line = _one_line_error(result.output)
+    assert "GATEWAY_LOG_LEVEL" in line
+    assert "INFO" in line
+
+
+def test_bad_settings_name_the_variable_never_its_value(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", "mysql://gateway:s3cret-pw@db/gateway")
+    monkeypatch.setenv("GATEWAY_METRICS_TOKEN", "short-s3cret")
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 1
+    line = _one_line_error(result.output)
+    assert "GATEWAY_DATABASE_URL" in line
+    assert "GATEWAY_METRICS_TOKEN" in line
+    assert "s3cret" not in result.output
+
+
+def test_an_error_no_command_caught_is_one_line_from_the_console_script(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    assert runner.invoke(app, ["keys", "init"]).exit_code == 0
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", UNREACHABLE)
+    monkeypatch.setattr("sys.argv", ["gateway", "keys", "status"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "Connection refused" in _one_line_error(err)
+    assert "s3cret-pw" not in err
+
+
+# -- serve's server settings --------------------------------------------------------------------
+
+
+class FakeGranian:
+    """Stands in for granian: records how serve configured it and what the workers would see."""
+
+    seen: ClassVar[dict[str, object]] = {}
+
+    def __init__(self, target: str, **options: object) -> None:
+        FakeGranian.seen = {"target": target, **options}
+
+    def serve(self) -> None:
+        FakeGranian.seen["GATEWAY_BASE_URL"] = os.environ.get("GATEWAY_BASE_URL")
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        FakeGranian.seen["metrics_dir"] = metrics_dir
+        FakeGranian.seen["metrics_dir_mode"] = stat.S_IMODE(Path(metrics_dir).stat().st_mode)
+
+
+@pytest.fixture
+def serve_env(env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    assert runner.invoke(app, ["keys", "init"]).exit_code == 0
+    monkeypatch.setenv("GATEWAY_DEMO", "true")
+    # Recorded by monkeypatch (then dropped), so that what serve sets is undone after the test.
+    for name in ("GATEWAY_BASE_URL", "PROMETHEUS_MULTIPROC_DIR"):
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
+    monkeypatch.setattr("granian.Granian", FakeGranian)
+    return env
+
+
+def test_serve_advertises_the_host_and_port_it_listens_on_without_gateway_base_url(
+    serve_env: Path,
+) -> None:
+    result = runner.invoke(app, ["serve", "--host", "127.0.0.1", "--port", "9123"])
+    assert result.exit_code == 0, result.output
+    assert FakeGranian.seen["GATEWAY_BASE_URL"] == "http://127.0.0.1:9123"
+    assert "serving http://127.0.0.1:9123/fhir" in result.output
+    # Given to the workers only: once serve returns, the environment is as it was.
+    assert "GATEWAY_BASE_URL" not in os.environ
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_serve_keeps_an_explicit_gateway_base_url(
+    serve_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_BASE_URL", "https://gateway.example.org")
+    assert runner.invoke(app, ["serve", "--port", "9123"]).exit_code == 0
+    assert FakeGranian.seen["GATEWAY_BASE_URL"] == "https://gateway.example.org"
+
+
+def test_serve_respawns_workers_bounds_shutdown_and_header_reads_and_cleans_its_metrics(
+    serve_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", "7")
+    monkeypatch.setenv("GATEWAY_HTTP_HEADER_TIMEOUT_SECONDS", "3")
+    result = runner.invoke(app, ["serve", "--port", "9123", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    seen = FakeGranian.seen
+    assert seen["respawn_failed_workers"] is True
+    assert seen["workers_kill_timeout"] == 7
+    assert seen["workers"] == 2
+    assert seen["http1_settings"].header_read_timeout == 3000  # type: ignore[attr-defined]
+    assert seen["metrics_dir_mode"] == 0o700  # private to the gateway's user
+    assert not Path(str(seen["metrics_dir"])).exists()  # removed when the server stopped

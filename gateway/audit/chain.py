@@ -1,18 +1,14 @@
 """The audit chain: table ``audit_log``, hash-chained, with signed checkpoints.
 
-Every row is ``(seq, recorded, event, prev_hash, hash)``:
-
-    hash(n) = SHA-256( prev_hash(n) ‖ seq(n) as 8 bytes big-endian ‖ recorded(n) ‖ 0x00 ‖ event(n) )
-    prev_hash(1) = 32 zero bytes;  prev_hash(n) = hash(n-1)
-
+Every row is ``(seq, recorded, event, prev_hash, hash)``, linked as ``rows.chain_hash`` says;
 ``event`` is the AuditEvent's canonical JSON (keys sorted, compact). Because seq and recorded are
 inside the hash, renumbering or re-dating a row breaks the chain too. Anyone can recompute
 SHA-256, so the chain alone only proves *consistency*; the **checkpoints** prove *authenticity*:
 every ``checkpoint_every`` events (and on demand) the gateway signs "the chain's hash at seq N is
-H" with its Ed25519 key (``KEYS_DIR/audit-signing-key.pem``; the public key is exported beside
-it). A checkpoint is stored in ``audit_checkpoints`` and, when a checkpoint file is configured,
-appended to that file too, so that deleting the tail of the table *and* its checkpoints is still
-detected from outside the database.
+H" with its Ed25519 key (``checkpoints``). A checkpoint is stored in ``audit_checkpoints`` and
+then, once that transaction is committed (and durable), appended to the checkpoint file outside
+the database, which is what anchors the log: deleting the tail of the table *and* its
+checkpoints, or rewriting it with them, is still detected from outside the database.
 
 Appends are serialised (SQLite: the writer's ``BEGIN IMMEDIATE``; PostgreSQL: a transaction
 advisory lock), so seq has no gaps and the chain no forks whatever the number of workers or
@@ -21,149 +17,84 @@ and commits everybody's events waiting at that moment in one transaction; each c
 only once its own events are committed (or raises). Nothing is queued in memory past a failure,
 and nothing is written after the response: ``append`` is the choke point that fails closed.
 
-``verify`` streams the table in seq order in constant memory and names the first bad seq:
-deleted (a gap), edited (a row whose hash does not recompute), reordered or inserted (a row that
-recomputes but does not follow its predecessor), rewritten (a checkpoint whose hash disagrees
-with the chain), truncated (a checkpoint beyond the end of the log), or a bad signature.
+``verify`` reads the checkpoint file, then the database in one snapshot: the events in seq order
+and their ``audit_index`` rows alongside them (both streamed, in constant memory), and names
+the first bad seq (``verify.verify_chain``).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
+import logging
 import os
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, Select, delete, func, insert, select
+from sqlalchemy.exc import DBAPIError
 
+from gateway.audit.checkpoints import (
+    Checkpoint,
+    CheckpointFile,
+    CheckpointSigner,
+    checkpoint_message,
+    key_id,
+    load_public_key,
+    load_public_keys,
+    public_key_path,
+)
+from gateway.audit.export import export_lines
+from gateway.audit.rows import GENESIS, canonical_event, chain_hash, index_values
+from gateway.audit.verify import PublicKeys, Verification, verify_chain, verify_export
 from gateway.clock import Clock
 from gateway.errors import ServiceUnavailable
-from gateway.keys import AUDIT_PUBLIC_FILE, AUDIT_SIGNING_FILE
+from gateway.store.port import StoreSession
 from gateway.store.schema import audit_checkpoints as CP
 from gateway.store.schema import audit_index as AI
 from gateway.store.schema import audit_log as AL
 from gateway.store.searchparams import stamp
+from gateway.store.sql_session import SqlSession
 
-GENESIS = bytes(32)
-CHECKPOINT_CONTEXT = b"care-gateway audit checkpoint v1\n"
+__all__ = [
+    "APPEND_LOCK",
+    "GENESIS",
+    "AuditChain",
+    "AuditPage",
+    "AuditQuery",
+    "Checkpoint",
+    "CheckpointFile",
+    "CheckpointSigner",
+    "ReindexRefused",
+    "Verification",
+    "canonical_event",
+    "chain_hash",
+    "checkpoint_message",
+    "export_lines",
+    "index_values",
+    "key_id",
+    "load_public_key",
+    "load_public_keys",
+    "public_key_path",
+    "verify_chain",
+    "verify_export",
+]
+
+logger = logging.getLogger("gateway.audit")
+
 # Any constant: the one lock every appender on PostgreSQL takes for its transaction.
 APPEND_LOCK = 0x6175646974  # "audit"
+# Checkpoints kept for the file when it cannot be written (retried after the next commit).
+MAX_UNFILED = 1000
 
 
-def index_values(event: dict[str, Any]) -> list[tuple[str, str]]:
-    """The search values of one AuditEvent (R4 search parameters): ``patient`` (entities of
-    role 1), ``entity`` (every entity, with and without its version), ``agent`` (who.reference),
-    ``altid`` (the client id), ``type``, ``subtype``, ``outcome``, ``action``."""
-    out: list[tuple[str, str]] = []
-    for e in event.get("entity") or ():
-        ref = (e.get("what") or {}).get("reference")
-        if not isinstance(ref, str):
-            continue
-        out.append(("entity", ref))
-        if "/_history/" in ref:
-            out.append(("entity", ref.split("/_history/", 1)[0]))
-        if (e.get("role") or {}).get("code") == "1":
-            out.append(("patient", ref))
-    for a in event.get("agent") or ():
-        who = (a.get("who") or {}).get("reference")
-        if isinstance(who, str):
-            out.append(("agent", who))
-        if isinstance(a.get("altId"), str):
-            out.append(("altid", a["altId"]))
-    out.append(("type", str((event.get("type") or {}).get("code"))))
-    out += [("subtype", str(c.get("code"))) for c in event.get("subtype") or ()]
-    out += [("outcome", str(event.get("outcome"))), ("action", str(event.get("action")))]
-    return [(p, v[:255]) for p, v in dict.fromkeys(out)]
-
-
-def canonical_event(event: dict[str, Any]) -> bytes:
-    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
-
-
-def chain_hash(prev_hash: bytes, seq: int, recorded: str, event: bytes) -> bytes:
-    digest = hashlib.sha256(prev_hash)
-    digest.update(seq.to_bytes(8, "big"))
-    digest.update(recorded.encode())
-    digest.update(b"\x00")
-    digest.update(event)
-    return digest.digest()
-
-
-def checkpoint_message(seq: int, hash_hex: str, signed_at: str) -> bytes:
-    return CHECKPOINT_CONTEXT + f"{seq}\n{hash_hex}\n{signed_at}\n".encode()
-
-
-def key_id(public: ed25519.Ed25519PublicKey) -> str:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    seq: int
-    hash: str
-    signed_at: str
-    key_id: str
-    signature: str  # base64
-
-    def row(self) -> tuple[int, str, str, str, str]:
-        return (self.seq, self.hash, self.signed_at, self.key_id, self.signature)
-
-    def as_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "seq": self.seq,
-                "hash": self.hash,
-                "signed_at": self.signed_at,
-                "key_id": self.key_id,
-                "signature": self.signature,
-            }
-        )
-
-
-class CheckpointSigner:
-    """Signs checkpoints with the gateway's Ed25519 audit key."""
-
-    def __init__(self, private: ed25519.Ed25519PrivateKey) -> None:
-        self._private = private
-        self.key_id = key_id(private.public_key())
-
-    @classmethod
-    def from_keys_dir(cls, keys_dir: Path) -> CheckpointSigner:
-        key = serialization.load_pem_private_key(
-            (keys_dir / AUDIT_SIGNING_FILE).read_bytes(), password=None
-        )
-        if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise ValueError(f"{AUDIT_SIGNING_FILE} is not an Ed25519 key")
-        return cls(key)
-
-    def sign(self, seq: int, hash_hex: str, signed_at: str) -> Checkpoint:
-        signature = self._private.sign(checkpoint_message(seq, hash_hex, signed_at))
-        return Checkpoint(
-            seq, hash_hex, signed_at, self.key_id, base64.b64encode(signature).decode()
-        )
-
-
-def load_public_key(path: Path) -> ed25519.Ed25519PublicKey:
-    key = serialization.load_pem_public_key(path.read_bytes())
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ValueError(f"{path.name} is not an Ed25519 public key")
-    return key
-
-
-def public_key_path(keys_dir: Path) -> Path:
-    return keys_dir / AUDIT_PUBLIC_FILE
+class ReindexRefused(Exception):
+    """``reindex`` found the chain itself bad, or may not rebuild the index (not the owner)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +137,20 @@ class _Batch:
     error: BaseException | None = None
 
 
+_CHECKPOINT_COLUMNS = ("seq", "hash", "signed_at", "key_id", "signature")
+
+
+@dataclass(frozen=True, slots=True)
+class AfterCommit:
+    """What ``append_within`` leaves for after its transaction commits."""
+
+    chain: AuditChain
+    checkpoints: list[Checkpoint]
+
+    def __call__(self) -> None:
+        self.chain.anchor_committed(self.checkpoints)
+
+
 class AuditChain:
     """Appends events to ``audit_log`` (fail closed), signs checkpoints, verifies the chain."""
 
@@ -222,13 +167,23 @@ class AuditChain:
         self._signer = signer
         self._clock = clock
         self._every = checkpoint_every
-        self._file = checkpoint_file
+        self._file = CheckpointFile(checkpoint_file) if checkpoint_file is not None else None
         self._postgres = engine.dialect.name == "postgresql"
         self._sql = _ChainSql.for_paramstyle(engine.dialect.paramstyle)
         self._lock = threading.Lock()
         self._pending: _Batch | None = None
         self._leading = False
         self._writer: Any = None  # the leader's driver connection
+        self._file_lock = threading.Lock()
+        self._unfiled: list[Checkpoint] = []  # committed, not yet in the file
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self._every
+
+    @property
+    def checkpoint_file(self) -> Path | None:
+        return self._file.path if self._file is not None else None
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -258,6 +213,62 @@ class AuditChain:
         first = batch.first_seq + start
         return list(range(first, first + len(mine)))
 
+    def append_within(
+        self, session: StoreSession, events: Sequence[dict[str, Any]]
+    ) -> AfterCommit | None:
+        """Append ``events`` inside the caller's open store transaction (a write and its audit
+        event commit together, or neither does: a client told 503 has written nothing, so its
+        retry makes no duplicate). The chain is locked in that transaction (SQLite: the
+        writer's ``BEGIN IMMEDIATE`` already holds the database; PostgreSQL: the same advisory
+        lock as ``append``) until it commits. Returns what must run once it has committed: the
+        checkpoints it signed go to the file only then."""
+        if not events:
+            return None
+        if not isinstance(session, SqlSession):
+            raise TypeError("append_within needs a session of the SQL store")
+        try:
+            return self._append_on(session.conn, events)
+        except DBAPIError as exc:
+            # The caller's transaction rolls back with it: neither the write nor its event.
+            raise ServiceUnavailable("the audit log cannot be written") from exc
+
+    def _append_on(self, conn: Connection, events: Sequence[dict[str, Any]]) -> AfterCommit:
+        recorded = stamp(self._clock.now())
+        if self._postgres:
+            conn.execute(select(func.pg_advisory_xact_lock(APPEND_LOCK)))
+        last = conn.execute(select(AL.c.seq, AL.c.hash).order_by(AL.c.seq.desc()).limit(1)).first()
+        seq, prev = (int(last[0]), bytes.fromhex(last[1])) if last else (0, GENESIS)
+        rows: list[dict[str, Any]] = []
+        index: list[dict[str, Any]] = []
+        checkpoints: list[Checkpoint] = []
+        for event in events:
+            seq += 1
+            body = canonical_event(event)
+            digest = chain_hash(prev, seq, recorded, body)
+            rows.append(
+                {"seq": seq, "recorded": recorded, "event": body.decode(),
+                 "prev_hash": prev.hex(), "hash": digest.hex()}
+            )  # fmt: skip
+            index += [{"seq": seq, "param": p, "value": v} for p, v in index_values(event)]
+            prev = digest
+            if seq % self._every == 0:
+                checkpoints.append(self._signer.sign(seq, digest.hex(), recorded))
+        conn.execute(insert(AL), rows)
+        if index:
+            conn.execute(insert(AI), index)
+        if checkpoints:
+            conn.execute(
+                insert(CP),
+                [dict(zip(_CHECKPOINT_COLUMNS, c.row(), strict=True)) for c in checkpoints],
+            )
+        return AfterCommit(self, checkpoints)
+
+    def anchor_committed(self, checkpoints: list[Checkpoint]) -> None:
+        """File checkpoints whose transaction has committed (and any an earlier commit could
+        not file)."""
+        if checkpoints or self._unfiled:
+            self._anchor(checkpoints)
+
     def _lead(self) -> None:
         """Commit batches until none is waiting (followers that arrive meanwhile join the
         next one), then hand leadership back."""
@@ -277,13 +288,15 @@ class AuditChain:
 
     def _write(self, events: list[tuple[str, bytes, list[tuple[str, str]]]]) -> int:
         """One transaction: lock the chain, read its head, chain and insert the batch (rows,
-        index values, any checkpoint due). Only the leader writes, so it keeps one driver
-        connection of its own and sends the statements straight to it: a pool checkout and
-        SQLAlchemy's statement handling cost more than the database's own work (measured)."""
+        index values, any checkpoint due); once it is committed, the checkpoints go to the file.
+        Only the leader writes, so it keeps one driver connection of its own and sends the
+        statements straight to it: a pool checkout and SQLAlchemy's statement handling cost
+        more than the database's own work (measured)."""
         dbapi = self._engine.dialect.dbapi
         assert dbapi is not None
         conn = self._writer or self._connect_writer()
         sql = self._sql
+        checkpoints: list[Checkpoint] = []
         try:
             cur = conn.cursor()
             if self._postgres:
@@ -296,7 +309,6 @@ class AuditChain:
             first = seq + 1
             rows: list[tuple[Any, ...]] = []
             index: list[tuple[Any, ...]] = []
-            checkpoints = []
             for recorded, event, values in events:
                 seq += 1
                 digest = chain_hash(prev, seq, recorded, event)
@@ -310,13 +322,23 @@ class AuditChain:
                 cur.executemany(sql.insert_index, index)
             if checkpoints:
                 cur.executemany(sql.insert_checkpoint, [c.row() for c in checkpoints])
-                self._write_checkpoint_file(checkpoints)
-            conn.commit()
+                with self._anchoring():
+                    conn.commit()
+                    # Committed: only now may the file name these seqs (a line for a seq the
+                    # database then lost would be an alarm for ever).
+                    self._anchor(checkpoints)
+            else:
+                conn.commit()
             cur.close()
-        except (dbapi.Error, OSError):
+        except dbapi.Error:
             self._drop_writer()
             raise
+        if self._unfiled and not checkpoints:
+            self._anchor([])  # what an earlier commit could not write
         return first
+
+    def _anchoring(self) -> contextlib.AbstractContextManager[None]:
+        return self._file.writing() if self._file is not None else contextlib.nullcontext()
 
     def _connect_writer(self) -> Any:
         fairy = self._engine.raw_connection()
@@ -337,38 +359,67 @@ class AuditChain:
         with self._lock:
             self._drop_writer()
 
-    def _store_checkpoints(self, conn: Any, checkpoints: list[Checkpoint]) -> None:
-        if not checkpoints:
+    def _make_durable(self) -> None:
+        """SQLite runs ``synchronous=NORMAL``: a commit survives the process, not the machine,
+        until the WAL is synced. Before the file names a commit, sync the WAL (PostgreSQL's
+        commit is already flushed)."""
+        if self._postgres or not self._engine.url.database:
             return
-        conn.exec_driver_sql(self._sql.insert_checkpoint, [c.row() for c in checkpoints])
-        self._write_checkpoint_file(checkpoints)
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(f"{self._engine.url.database}-wal", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
-    def _write_checkpoint_file(self, checkpoints: list[Checkpoint]) -> None:
-        if self._file is not None:
-            # Inside the transaction: if the file cannot be written, nothing is committed.
-            with self._file.open("ab") as fh:
-                for c in checkpoints:
-                    fh.write(c.as_json() + b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+    def _anchor(self, checkpoints: list[Checkpoint], *, strict: bool = False) -> None:
+        """Append committed checkpoints (and any the file missed before) to the checkpoint
+        file. A failure does not undo the commit (the events are recorded): the checkpoints wait
+        for the next commit, the error is logged, and ``verify`` counts the events they cover as
+        not yet anchored. ``strict`` raises it instead (an operator's ``audit checkpoint``)."""
+        if self._file is None:
+            return
+        with self._file_lock:
+            todo = [*self._unfiled, *checkpoints]
+            try:
+                self._make_durable()
+                self._file.append(todo)
+            except OSError as exc:
+                self._unfiled = todo[-MAX_UNFILED:]
+                logger.error(
+                    "audit checkpoint file not written (%s); %d checkpoint(s) wait for the next "
+                    "commit",
+                    type(exc).__name__,
+                    len(self._unfiled),
+                )
+                if strict:
+                    raise
+            else:
+                self._unfiled = []
 
     def checkpoint(self) -> Checkpoint | None:
-        """Sign the chain's current head now (None for an empty log)."""
-        with self._engine.connect() as conn:
-            conn = conn.execution_options(gateway_write=True)
-            with conn.begin():
-                if self._postgres:
-                    conn.execute(select(func.pg_advisory_xact_lock(APPEND_LOCK)))
-                last = conn.execute(
-                    select(AL.c.seq, AL.c.hash).order_by(AL.c.seq.desc()).limit(1)
-                ).first()
-                if last is None:
-                    return None
-                done = conn.execute(select(CP.c.seq).where(CP.c.seq == last.seq)).first()
-                signed = self._signer.sign(last.seq, last.hash, stamp(self._clock.now()))
-                if done is None:
-                    self._store_checkpoints(conn, [signed])
-                return signed
+        """Sign the chain's current head now (None for an empty log), store it, then append it
+        to the checkpoint file (raises ``OSError`` when the file cannot be written)."""
+        with contextlib.ExitStack() as held:
+            with self._engine.connect() as conn:
+                conn = conn.execution_options(gateway_write=True)
+                with conn.begin():
+                    if self._postgres:
+                        conn.execute(select(func.pg_advisory_xact_lock(APPEND_LOCK)))
+                    last = conn.execute(
+                        select(AL.c.seq, AL.c.hash).order_by(AL.c.seq.desc()).limit(1)
+                    ).first()
+                    if last is None:
+                        return None
+                    done = conn.execute(select(CP.c.seq).where(CP.c.seq == last.seq)).first()
+                    signed = self._signer.sign(last.seq, last.hash, stamp(self._clock.now()))
+                    if done is None:
+                        conn.exec_driver_sql(self._sql.insert_checkpoint, [signed.row()])
+                    held.enter_context(self._anchoring())  # released once the line is written
+            # Committed. Written even when the database held one for this seq already: the
+            # file may lack it (a crash after that commit), and it is what anchors the log.
+            self._anchor([signed], strict=True)
+        return signed
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -380,14 +431,7 @@ class AuditChain:
         if since is not None:
             query = query.where(AL.c.recorded >= stamp(since))
         with self._engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=batch).execute(
-                query.order_by(AL.c.seq)
-            )
-            try:
-                for row in result:
-                    yield row.seq, row.recorded, row.event, row.prev_hash, row.hash
-            finally:
-                result.close()  # a server-side cursor left open warns (and holds the snapshot)
+            yield from _stream(conn, query.order_by(AL.c.seq), batch)
 
     def search(self, query: AuditQuery) -> AuditPage:
         """Events matching every criterion (values of one parameter OR-ed), newest first."""
@@ -414,19 +458,153 @@ class AuditChain:
 
     def checkpoints(self) -> list[Checkpoint]:
         with self._engine.connect() as conn:
-            return [
-                Checkpoint(r.seq, r.hash, r.signed_at, r.key_id, r.signature)
-                for r in conn.execute(select(CP).order_by(CP.c.seq))
-            ]
+            return _checkpoints(conn)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """One read transaction: everything read through it is one state of the database (on
+        PostgreSQL REPEATABLE READ; on SQLite one WAL snapshot, taken at the first read)."""
+        with self._engine.connect() as conn:
+            if self._postgres:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
     def verify(
-        self, public: ed25519.Ed25519PublicKey, *, checkpoint_file: Path | None = None
+        self, public: PublicKeys, *, checkpoint_files: Sequence[Path] | None = None
     ) -> Verification:
-        # closing: verify may stop at the first bad row, and a streaming cursor must not leak
-        with closing(self.rows()) as rows:
-            return verify_chain(
-                rows, self.checkpoints(), public, external=_read_checkpoints(checkpoint_file)
-            )
+        """Verify the chain, its index and checkpoints, and the anchor: the checkpoints in
+        ``checkpoint_files`` (default: the chain's own file; ``()``: none, and the database's
+        checkpoints anchor). More than ``checkpoint_every`` events past the last anchoring
+        checkpoint is a failure."""
+        files = (
+            [CheckpointFile(p) for p in checkpoint_files]
+            if checkpoint_files is not None
+            else [self._file]
+            if self._file is not None
+            else []
+        )
+        external: list[Checkpoint] = []
+        notes: list[str] = []
+        for file in files:  # before the snapshot: every line read names a seq it holds
+            try:
+                found, skipped = file.read()
+            except OSError as exc:
+                problem = f"cannot read the checkpoint file {file.path} ({type(exc).__name__})"
+                return Verification(False, 0, 0, None, problem)
+            external += found
+            if skipped:
+                notes.append(f"{skipped} unreadable line(s) in {file.path} skipped")
+        anchor = "the database"
+        if files:
+            anchor = "the checkpoint file"
+            if not any(f.exists() for f in files):
+                anchor += " (absent)"
+        with self._snapshot() as conn:
+            head = conn.execute(select(func.max(AL.c.seq))).scalar_one() or 0
+            external += self._anchored_meanwhile(files, external, head)
+            stored = _checkpoints(conn)
+            events = select(AL.c.seq, AL.c.recorded, AL.c.event, AL.c.prev_hash, AL.c.hash)
+            index = select(AI.c.seq, AI.c.param, AI.c.value)
+            # closing: verify may stop at the first bad row, and a cursor must not leak
+            with (
+                closing(_stream(conn, events.order_by(AL.c.seq))) as rows,
+                closing(_stream(conn, index.order_by(AI.c.seq))) as index_rows,
+            ):
+                result = verify_chain(
+                    rows,
+                    stored,
+                    public,
+                    external=external,
+                    index=index_rows,
+                    external_anchors=bool(files),
+                    max_unanchored=self._every,
+                    anchor=anchor,
+                )
+        return replace(result, notes=tuple(notes)) if notes else result
+
+    @staticmethod
+    def _anchored_meanwhile(
+        files: list[CheckpointFile], known: list[Checkpoint], head: int
+    ) -> list[Checkpoint]:
+        """Lines written since the first read for seqs the snapshot holds: commits between that
+        read and the snapshot (their writers are waited for), which anchor it too."""
+        seen = {c.row() for c in known}
+        later: list[Checkpoint] = []
+        for file in files:
+            with contextlib.suppress(OSError):
+                found, _ = file.read(wait=True)
+                later += [c for c in found if c.seq <= head and c.row() not in seen]
+        return later
+
+    # -- repair --------------------------------------------------------------------------------
+
+    def reindex(self, public: PublicKeys, *, batch: int = 5_000) -> int:
+        """Rebuild ``audit_index`` from the events, once the chain and its checkpoints verify
+        (the index is what may be wrong, so it is not checked first); the number of events.
+        On PostgreSQL the append-only trigger of ``audit_index`` is switched off inside the
+        transaction, which only the tables' owner may do (as migrations run)."""
+        events = select(AL.c.seq, AL.c.recorded, AL.c.event, AL.c.prev_hash, AL.c.hash)
+        with self._snapshot() as conn, closing(_stream(conn, events.order_by(AL.c.seq))) as rows:
+            found = verify_chain(rows, _checkpoints(conn), public)
+        if not found.ok:
+            raise ReindexRefused(f"the chain does not verify ({found})")
+        count = 0
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(gateway_write=True)
+            with conn.begin():
+                if self._postgres:
+                    conn.execute(select(func.pg_advisory_xact_lock(APPEND_LOCK)))
+                    try:
+                        conn.exec_driver_sql(
+                            "ALTER TABLE audit_index DISABLE TRIGGER audit_index_no_change"
+                        )
+                    except DBAPIError as exc:
+                        raise ReindexRefused(
+                            "only the owner of the audit tables may rebuild audit_index"
+                        ) from exc
+                conn.execute(delete(AI))
+                if self._postgres:
+                    conn.exec_driver_sql(
+                        "ALTER TABLE audit_index ENABLE TRIGGER audit_index_no_change"
+                    )
+                after = 0
+                while True:
+                    chunk = conn.execute(
+                        select(AL.c.seq, AL.c.event)
+                        .where(AL.c.seq > after)
+                        .order_by(AL.c.seq)
+                        .limit(batch)
+                    ).all()
+                    if not chunk:
+                        break
+                    values = [
+                        {"seq": seq, "param": p, "value": v}
+                        for seq, event in chunk
+                        for p, v in index_values(orjson.loads(event))
+                    ]
+                    if values:
+                        conn.execute(insert(AI), values)
+                    after, count = chunk[-1].seq, count + len(chunk)
+        return count
+
+
+def _stream(
+    conn: Connection, query: Select[Any], batch: int = 10_000
+) -> Generator[Any, None, None]:
+    result = conn.execute(query, execution_options={"stream_results": True, "yield_per": batch})
+    try:
+        for row in result:
+            yield tuple(row)
+    finally:
+        result.close()  # a server-side cursor left open warns (and holds the snapshot)
+
+
+def _checkpoints(conn: Connection) -> list[Checkpoint]:
+    return [
+        Checkpoint(r.seq, r.hash, r.signed_at, r.key_id, r.signature)
+        for r in conn.execute(select(CP).order_by(CP.c.seq))
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,139 +621,3 @@ class AuditPage:
     events: list[tuple[int, dict[str, Any]]]  # (seq, event), newest first
     total: int
     next_before: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    ok: bool
-    events: int
-    checkpoints: int
-    bad_seq: int | None = None
-    problem: str | None = None
-
-    def __str__(self) -> str:
-        if self.ok:
-            return f"verified {self.events} events and {self.checkpoints} signed checkpoints"
-        return f"seq {self.bad_seq}: {self.problem}"
-
-
-def _read_checkpoints(path: Path | None) -> list[Checkpoint]:
-    if path is None or not path.exists():
-        return []
-    out = []
-    for line in path.read_bytes().splitlines():
-        if not line.strip():
-            continue
-        doc = orjson.loads(line)
-        out.append(
-            Checkpoint(
-                int(doc["seq"]), doc["hash"], doc["signed_at"], doc["key_id"], doc["signature"]
-            )
-        )
-    return out
-
-
-def verify_chain(
-    rows: Iterator[tuple[int, str, str, str, str]] | Sequence[tuple[int, str, str, str, str]],
-    stored: Sequence[Checkpoint],
-    public: ed25519.Ed25519PublicKey,
-    *,
-    external: Sequence[Checkpoint] = (),
-    start: tuple[int, str] = (1, GENESIS.hex()),
-) -> Verification:
-    """Check ``rows`` (seq order) and every checkpoint; the first problem found, by seq.
-    ``start`` is where the rows begin (seq, prev_hash): the genesis for a whole log. A
-    checkpoint past the last row is a truncation."""
-    signing_key = key_id(public)
-    checkpoints: dict[int, Checkpoint] = {}
-    for c in (*stored, *external):
-        try:
-            public.verify(
-                base64.b64decode(c.signature), checkpoint_message(c.seq, c.hash, c.signed_at)
-            )
-        except (InvalidSignature, ValueError):
-            return Verification(False, 0, 0, c.seq, "checkpoint signature does not verify")
-        if c.key_id != signing_key:  # pragma: no cover (a valid signature implies the key)
-            return Verification(False, 0, 0, c.seq, "checkpoint signed by another key")
-        known = checkpoints.get(c.seq)
-        if known is not None and known.hash != c.hash:
-            return Verification(False, 0, 0, c.seq, "two signed checkpoints disagree")
-        checkpoints[c.seq] = c
-    expected, prev = start
-    count = 0
-    for seq, recorded, event, prev_hash, digest in rows:
-        if seq != expected:
-            if seq > expected:
-                return Verification(False, count, len(checkpoints), expected, "event deleted")
-            return Verification(False, count, len(checkpoints), seq, "seq out of order")
-        body, before = event.encode(), bytes.fromhex(prev_hash)
-        if chain_hash(before, seq, recorded, body).hex() != digest:
-            moved = [
-                s
-                for s in (seq - 1, seq + 1)
-                if chain_hash(before, s, recorded, body).hex() == digest
-            ]
-            problem = (
-                f"event moved here from seq {moved[0]} (events reordered or inserted)"
-                if moved
-                else "event edited (its hash does not recompute)"
-            )
-            return Verification(False, count, len(checkpoints), seq, problem)
-        if prev_hash != prev:
-            problem = "event reordered or inserted (it does not follow the one before)"
-            return Verification(False, count, len(checkpoints), seq, problem)
-        signed = checkpoints.get(seq)
-        if signed is not None and signed.hash != digest:
-            problem = "the chain was rewritten (a signed checkpoint disagrees)"
-            return Verification(False, count, len(checkpoints), seq, problem)
-        prev, expected, count = digest, expected + 1, count + 1
-    beyond = [s for s in checkpoints if s >= expected]
-    if beyond:
-        problem = f"log truncated: a signed checkpoint names seq {max(beyond)}"
-        return Verification(False, count, len(checkpoints), expected, problem)
-    return Verification(True, count, len(checkpoints))
-
-
-# ---------------------------------------------------------------------------------------------
-# Export (NDJSON, for a SIEM) and its offline verification
-
-
-def export_lines(chain: AuditChain, *, since: datetime | None = None) -> Iterator[bytes]:
-    """One JSON object per line: every event row (``seq``, ``recorded``, ``prev_hash``,
-    ``hash``, ``event``), then every signed checkpoint (``checkpoint``). The event is the stored
-    canonical JSON as an object; re-serialised canonically it hashes to ``hash`` again, so the
-    file verifies offline with the public key alone (``verify_export``)."""
-    with closing(chain.rows(since=since)) as rows:
-        for seq, recorded, event, prev_hash, digest in rows:
-            yield (
-                b'{"seq":%d,"recorded":"%s","prev_hash":"%s","hash":"%s","event":%s}'
-                % (seq, recorded.encode(), prev_hash.encode(), digest.encode(), event.encode())
-            )
-    for c in chain.checkpoints():
-        yield b'{"checkpoint":%s}' % c.as_json()
-
-
-def verify_export(lines: Iterator[bytes], public: ed25519.Ed25519PublicKey) -> Verification:
-    """Verify an export: a chain that may start mid-way (``--since``), and its checkpoints (only
-    those inside the exported range are checked against it)."""
-    rows: list[tuple[int, str, str, str, str]] = []
-    signed: list[Checkpoint] = []
-    for line in lines:
-        if not line.strip():
-            continue
-        doc = orjson.loads(line)
-        if "checkpoint" in doc:
-            c = doc["checkpoint"]
-            signed.append(
-                Checkpoint(int(c["seq"]), c["hash"], c["signed_at"], c["key_id"], c["signature"])
-            )
-        else:
-            event = canonical_event(doc["event"]).decode()
-            rows.append((doc["seq"], doc["recorded"], event, doc["prev_hash"], doc["hash"]))
-    if not rows:
-        return Verification(True, 0, 0)
-    first = rows[0][0]
-    # A checkpoint past the export's end means it was cut short; one before its start is
-    # outside the range exported.
-    inside = [c for c in signed if c.seq >= first]
-    return verify_chain(iter(rows), inside, public, start=(first, rows[0][3]))

@@ -9,13 +9,16 @@ answers 503 and discloses nothing (fail closed).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.audit.chain import AuditPage, AuditQuery, index_values
 from gateway.audit.events import Activity
 from gateway.errors import ServiceUnavailable
 from gateway.store.searchparams import parse_date_range
+
+if TYPE_CHECKING:
+    from gateway.store.port import StoreSession
 
 
 def _stamp(instant: str) -> str:
@@ -31,18 +34,31 @@ class AuditLog(Protocol):
         """Events matching the query, newest first (compliance review)."""
         ...
 
+    def append_within(
+        self, session: StoreSession, events: Sequence[dict[str, Any]]
+    ) -> Callable[[], None] | None:
+        """Append the events inside ``session``'s open transaction, so that they commit with
+        it or not at all; what to run once it has committed (or None)."""
+        ...
+
     def close(self) -> None:
         """Release connections (the app's shutdown)."""
         ...
 
 
 class AuditTrail:
-    """The activities of one request, in order."""
+    """The activities of one request, in order. The first ``committed`` are already in the
+    log: written in the transaction of the write they record (``AuditLog.append_within``)."""
 
-    __slots__ = ("activities",)
+    __slots__ = ("activities", "committed")
 
     def __init__(self) -> None:
         self.activities: list[Activity] = []
+        self.committed = 0
+
+    def pending(self) -> list[Activity]:
+        """What is not in the log yet (written after the interaction, before the response)."""
+        return self.activities[self.committed :]
 
     def add(self, activity: Activity) -> None:
         self.activities.append(activity)
@@ -64,6 +80,12 @@ class MemoryAuditLog:
         return list(range(first, first + len(events)))
 
     def close(self) -> None:
+        return None
+
+    def append_within(
+        self, session: StoreSession, events: Sequence[dict[str, Any]]
+    ) -> Callable[[], None] | None:
+        self.append(events)  # the in-memory twin has no transaction to join
         return None
 
     def search(self, query: AuditQuery) -> AuditPage:

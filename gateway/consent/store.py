@@ -37,7 +37,7 @@ What it enforces:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -921,16 +921,26 @@ class ConsentedSession:
         self._raw.serialize(key)
 
 
+# Appends a unit of work's audit events inside its open transaction; what to run after commit.
+CommitAudit = Callable[["StoreSession", list[Activity]], Callable[[], None] | None]
+
+
 class ConsentedStore(ConsentedSession):
+    """The per-request store. Its writes run as units of work; with ``commit_audit`` set (the
+    REST layer sets it), each unit's audit events are appended in the unit's own transaction,
+    so a write and its event commit together or not at all."""
+
     def __init__(
         self,
         raw: UnitOfWorkStore,
         requester: Requester,
         rules: ConsentRules | None = None,
         trail: AuditTrail | None = None,
+        commit_audit: CommitAudit | None = None,
     ) -> None:
         super().__init__(raw, requester, rules, trail)
         self._store = raw
+        self.commit_audit = commit_audit
 
     @property
     def trail(self) -> AuditTrail:
@@ -938,9 +948,63 @@ class ConsentedStore(ConsentedSession):
 
     @contextmanager
     def transaction(self) -> Iterator[ConsentedSession]:
-        """A unit of work bound to the same requester: a Bundle cannot read around consent."""
-        with self._store.transaction() as session:
-            yield ConsentedSession(session, self._requester, self._rules, self._trail)
+        """A unit of work bound to the same requester: a Bundle cannot read around consent.
+        Its activities (and any still pending before it) are audited in its transaction; when
+        it fails, what it recorded as done is dropped (it was rolled back) and its refusals
+        stay, to be audited after it."""
+        trail = self._trail
+        mark = len(trail.activities)
+        after: Callable[[], None] | None = None
+        audited = 0
+        try:
+            with self._store.transaction() as session:
+                yield ConsentedSession(session, self._requester, self._rules, trail)
+                if self.commit_audit is not None and trail.pending():
+                    audited = len(trail.activities)
+                    after = self.commit_audit(session, trail.pending())
+        except BaseException:
+            trail.activities[mark:] = [a for a in trail.activities[mark:] if a.outcome == REFUSED]
+            raise
+        if audited:
+            trail.committed = audited
+        if after is not None:
+            after()
+
+    # Writes are units of work of their own, so that each commits with its audit event.
+
+    def create(
+        self,
+        resource: dict[str, Any],
+        *,
+        contributor: str | None = None,
+        resource_id: str | None = None,
+    ) -> StoredResource:
+        with self.transaction() as unit:
+            return unit.create(resource, contributor=contributor, resource_id=resource_id)
+
+    def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None,
+        contributor: str | None = None,
+    ) -> tuple[StoredResource, bool]:
+        with self.transaction() as unit:
+            return unit.update(
+                resource_type, resource_id, resource, if_match=if_match, contributor=contributor
+            )
+
+    def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        with self.transaction() as unit:
+            return unit.delete(resource_type, resource_id)
+
+    def write_many(
+        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
+    ) -> list[StoredResource]:
+        with self.transaction() as unit:
+            return unit.write_many(resources, contributor=contributor)
 
 
 def _requester(

@@ -2,8 +2,13 @@
 
 ``POST /auth/token`` takes a client-credentials grant authenticated by a signed client assertion
 (``private_key_jwt``, RS384 or ES384, RFC 7523) and answers a short-lived access token: a JWT
-signed ES384 with the gateway's own key (``KEYS_DIR/token-signing-key.pem``). ``BearerAuth``
-checks that token on every ``/fhir`` request and yields the ``Requester``.
+signed ES384 with the gateway's own key (``KEYS_DIR/token-signing-key.pem``, header ``kid`` its
+JWK thumbprint). ``BearerAuth`` checks that token on every ``/fhir`` request and yields the
+``Requester``. The token keys are a list (``gateway keys rotate --token``): the newest signs,
+and a token verifies under the key its ``kid`` names among every public key of
+``KEYS_DIR/token-signing-key.pub.pem``, so tokens issued before a rotation stay valid until they
+expire. An unknown ``kid`` re-reads that file (at most every few seconds), so that a gateway
+still running learns a key another one, restarted after the rotation, signs with.
 
 Refusals say no more than RFC 6749/7523 allow: every failure of client authentication (unknown
 client, bad signature, wrong audience, expired, replayed ``jti``, …) answers the same
@@ -29,7 +34,6 @@ from urllib.parse import parse_qsl
 import httpx
 import jwt
 import orjson
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, delete, insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -50,11 +54,12 @@ from gateway.disclose.deps import Requester
 from gateway.disclose.rest import FhirRoute, append_audit
 from gateway.disclose.scopes import ScopeGrant, parse_scopes, supported_scopes
 from gateway.errors import ServiceUnavailable, Unauthorized
-from gateway.keys import TOKEN_SIGNING_FILE, KeyMaterialError
+from gateway.keys import TOKEN_KEYS, KeyMaterialError
 from gateway.partners import (
     Partner,
     PartnerDirectory,
     check_public_jwk,
+    jwk_thumbprint,
     public_jwk,
 )
 from gateway.settings import Settings
@@ -281,19 +286,33 @@ def _usable(jwk: Mapping[str, Any], alg: str, kid: str | None) -> bool:
 # -- the token service ---------------------------------------------------------------------------
 
 
+KEY_RECHECK_SECONDS = 5.0
+
+
 def load_token_signing_key(keys_dir: Path) -> ec.EllipticCurvePrivateKey:
-    path = keys_dir / TOKEN_SIGNING_FILE
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError as exc:
-        raise KeyMaterialError(
-            f"no {TOKEN_SIGNING_FILE} in {keys_dir}; run `gateway keys init`"
-        ) from exc
-    except ValueError as exc:
-        raise KeyMaterialError(f"{TOKEN_SIGNING_FILE} is not a PEM private key") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp384r1":
-        raise KeyMaterialError(f"{TOKEN_SIGNING_FILE} must be an EC P-384 key (ES384)")
+    """The newest token key, which signs."""
+    key = TOKEN_KEYS.load_private(keys_dir)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     return key
+
+
+def token_public_jwk(public: ec.EllipticCurvePublicKey) -> dict[str, Any]:
+    """A token verification key as a JWK, ``kid`` its RFC 7638 thumbprint (the ``kid`` the
+    tokens it signed carry: the same as ``partners.public_jwk`` of its private half)."""
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(public, as_dict=True)
+    assert isinstance(jwk, dict)
+    return {**jwk, "kid": jwk_thumbprint(jwk), "use": "sig", "alg": ACCESS_TOKEN_ALGORITHM}
+
+
+def load_token_verification_keys(keys_dir: Path) -> dict[str, ec.EllipticCurvePublicKey]:
+    """Every token public key by ``kid``: the public list, newest first (the signing key's own
+    public half when there is no list file)."""
+    out: dict[str, ec.EllipticCurvePublicKey] = {}
+    for key in TOKEN_KEYS.public_keys(keys_dir):
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+            raise KeyMaterialError(f"{TOKEN_KEYS.public_file} holds a key that is not EC P-384")
+        out[token_public_jwk(key)["kid"]] = key
+    return out
 
 
 def _segment(token: str, index: int) -> Any:
@@ -344,13 +363,19 @@ class TokenService:
     replay: ReplayGuard
     signing_key: ec.EllipticCurvePrivateKey
     fetcher: JwksFetcher = field(default_factory=JwksFetcher)
+    # Public keys that verify access tokens, by kid (the signing key's own is always one).
+    verification_keys: dict[str, ec.EllipticCurvePublicKey] = field(default_factory=dict)
     # Verified access tokens (signature and claims checked once), with the requester they
     # stood for under the directory of the time; a new directory recomputes it.
     _verified: dict[str, _Verified] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self._public_key = self.signing_key.public_key()
         self._kid = public_jwk(self.signing_key)["kid"]
+        self.verification_keys = {
+            **self.verification_keys,
+            self._kid: self.signing_key.public_key(),
+        }
+        self._keys_read = time.monotonic()
 
     @classmethod
     def from_settings(
@@ -368,6 +393,7 @@ class TokenService:
             replay=replay,
             signing_key=load_token_signing_key(settings.keys_dir),
             fetcher=fetcher or JwksFetcher(),
+            verification_keys=load_token_verification_keys(settings.keys_dir),
         )
 
     @property
@@ -603,11 +629,31 @@ class TokenService:
         verified.directory, verified.requester = directory, requester
         return requester
 
+    def jwks(self) -> dict[str, Any]:
+        """The key set that verifies this gateway's access tokens (public keys only)."""
+        return {"keys": [token_public_jwk(k) for k in self.verification_keys.values()]}
+
+    def _verification_key(self, kid: Any) -> ec.EllipticCurvePublicKey | None:
+        if not isinstance(kid, str):
+            return None
+        key = self.verification_keys.get(kid)
+        if key is None and time.monotonic() - self._keys_read >= KEY_RECHECK_SECONDS:
+            self._keys_read = time.monotonic()
+            try:
+                fresh = load_token_verification_keys(self.settings.keys_dir)
+            except (KeyMaterialError, OSError):
+                return None
+            self.verification_keys = {**fresh, **self.verification_keys}  # never drops a key
+            key = self.verification_keys.get(kid)
+        return key
+
     def _verify_access_token(self, token: str, now: float) -> _Verified:
         try:
-            payload = jwt.PyJWS().decode(
-                token, key=self._public_key, algorithms=[ACCESS_TOKEN_ALGORITHM]
-            )
+            header = _segment(token, 0)
+            key = self._verification_key(header.get("kid") if isinstance(header, dict) else None)
+            if key is None:
+                raise _invalid_token()
+            payload = jwt.PyJWS().decode(token, key=key, algorithms=[ACCESS_TOKEN_ALGORITHM])
             claims = orjson.loads(payload)
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise _invalid_token() from exc

@@ -15,6 +15,7 @@ from typing import Annotated, ParamSpec, TypeVar
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from gateway.audit.sealing import EventSeal
 from gateway.audit.trail import AuditLog, MemoryAuditLog
 from gateway.clock import Clock
 from gateway.consent.store import ConsentedStore, ConsentRules
@@ -75,6 +76,8 @@ class GatewayContext:
     # Where audit events go (gateway/audit); one that always fails until the factory sets it.
     audit: AuditLog = field(default_factory=lambda: MemoryAuditLog(failing=True))
     partner_names: dict[str, str] = field(default_factory=dict)  # for audit events
+    # Seals what a partner typed (a search's query) inside its AuditEvents (gateway/audit/sealing).
+    audit_seal: EventSeal = field(default_factory=EventSeal.ephemeral)
     extras: dict[str, object] = field(default_factory=dict)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

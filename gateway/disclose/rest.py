@@ -35,7 +35,7 @@ from gateway.consent.engine import Decision
 from gateway.consent.store import ConsentedStore
 from gateway.disclose.bundles import BundleProcessor
 from gateway.disclose.capability import capability_statement
-from gateway.disclose.deps import GatewayContext, request_store
+from gateway.disclose.deps import GatewayContext, Requester, request_store
 from gateway.disclose.http import FHIR_JSON, read_body, read_json, response_type, to_response
 from gateway.disclose.interactions import (
     Interactions,
@@ -55,7 +55,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.ingest.validate import validate_resource
-from gateway.store.port import UnitOfWorkStore
+from gateway.store.port import StoreSession, UnitOfWorkStore
 from gateway.store.searchparams import RESOURCE_TYPES
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -100,8 +100,30 @@ async def bind(request: Request) -> tuple[GatewayContext, ConsentedStore]:
     ctx: GatewayContext = request.app.state.gateway
     requester = await ctx.authenticate(request)
     store = request_store(ctx, requester)
-    request.state.audited = (requester, store.trail)
+    actor = _actor(ctx, requester, request)
+    # Writes commit with their audit events (ConsentedStore.transaction); the rest is appended
+    # by ``audited`` before the response.
+    store.commit_audit = functools.partial(_commit_within, ctx, actor)
+    request.state.audited = (actor, store.trail)
+    request.state.requester = requester
     return ctx, store
+
+
+def _actor(ctx: GatewayContext, requester: Requester, request: Request) -> Actor:
+    return Actor(
+        requester.partner_id,
+        requester.organization or None,
+        requester.purpose_of_use,
+        address=request.client.host if request.client else None,
+        names=ctx.partner_names,
+    )
+
+
+def _commit_within(
+    ctx: GatewayContext, actor: Actor, session: StoreSession, activities: list[Activity]
+) -> Callable[[], None] | None:
+    """A unit of work's AuditEvents, appended inside its transaction (in its thread)."""
+    return ctx.audit.append_within(session, _events(ctx, activities, actor))
 
 
 def audited(endpoint: MethodEndpoint) -> MethodEndpoint:
@@ -140,27 +162,25 @@ async def write_audit(request: Request, *, token_refused: bool = False) -> None:
         resource_type = request.path_params.get("resource_type")
         activities = [Activity(interaction, resource_type, outcome=REFUSED, refusal="token")]
     else:
-        requester, trail = bound
-        if not trail.activities:
+        actor, trail = bound
+        activities = trail.pending()  # writes' events are committed already, with the writes
+        if not activities:
             return
-        actor = Actor(
-            requester.partner_id,
-            requester.organization or None,
-            requester.purpose_of_use,
-            address=address,
-            names=ctx.partner_names,
-        )
-        activities = trail.activities
     await append_audit(ctx, activities, actor)
 
 
 async def append_audit(ctx: GatewayContext, activities: list[Activity], actor: Actor) -> None:
     """The activities' AuditEvents, committed (or ``ServiceUnavailable``)."""
-    now = ctx.clock.now()
-    source = ctx.settings.fhir_base
-    events = [e for a in activities for e in audit_events(a, actor, now, source=source)]
+    events = _events(ctx, activities, actor)
     # Always off the event loop: concurrent requests then share one commit (group commit).
     await run_in_threadpool(ctx.audit.append, events)
+
+
+def _events(ctx: GatewayContext, activities: list[Activity], actor: Actor) -> list[dict[str, Any]]:
+    now = ctx.clock.now()
+    source = ctx.settings.fhir_base
+    seal = ctx.audit_seal.seal
+    return [seal(e) for a in activities for e in audit_events(a, actor, now, source=source)]
 
 
 class FhirEndpoints:
@@ -335,6 +355,8 @@ class FhirEndpoints:
             max_count=ctx.settings.max_page_size,
         )
         page = await run_in_threadpool(ctx.audit.search, query)
+        # The reviewer is compliance (checked above): what partners typed is opened for it.
+        page.events[:] = [(seq, ctx.audit_seal.open(event)) for seq, event in page.events]
         store.trail.add(
             Activity("search-type", "AuditEvent", disclosed=reviewed(page), query=urlencode(params))
         )
@@ -384,7 +406,7 @@ class FhirEndpoints:
 
 
 def _review_allowed(request: Request, store: ConsentedStore) -> None:
-    requester = request.state.audited[0]
+    requester: Requester = request.state.requester
     allowed = ScopeGrant.parse(requester.scopes).allows("AuditEvent", "search")
     if requester.kind not in REVIEWERS or not allowed:
         store.trail.add(

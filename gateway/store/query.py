@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.errors import BadRequest, Issue, UnknownParameter
+from gateway.store.blind import PREFIX_CAP
 from gateway.store.searchparams import (
     CONTROL_PARAMS,
     IndexEntry,
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 SUPPORTED_DATE_PREFIXES = frozenset({"eq", "ne", "gt", "lt", "ge", "le"})
 MODIFIERS: dict[Kind, frozenset[str]] = {
-    Kind.STRING: frozenset({"exact", "contains", "missing"}),
+    # No :contains: the index is blind (keyed prefixes), and every substring of every name as a
+    # keyed value would multiply the index and what a dump reveals (docs/encryption.md).
+    Kind.STRING: frozenset({"exact", "missing"}),
     Kind.URI: frozenset({"missing"}),
     Kind.TOKEN: frozenset({"missing"}),
     Kind.REFERENCE: frozenset({"missing"}),
@@ -455,7 +458,11 @@ def _parse_clause(resource_type: str, name: str, modifier: str | None, value: st
     elif modifier == "exact" or kind is Kind.URI:
         criteria = tuple(StringCriterion(v) for v in values)
     else:
-        criteria = tuple(StringCriterion(normalise(v)) for v in values)
+        # Compared on the first PREFIX_CAP characters, as the blind index keeps them.
+        folded = [normalise(v)[:PREFIX_CAP] for v in values]
+        if not all(folded):
+            raise _refused(f"search parameter {name} has no value", name)
+        criteria = tuple(StringCriterion(v) for v in folded)
     return Clause(name, kind, modifier, criteria=criteria)
 
 
@@ -533,7 +540,9 @@ def _date(name: str, value: str) -> DateCriterion:
             f"{name} is not a valid FHIR date",
             issues=[Issue("invalid", f"{name} is not a valid FHIR date", expression=(name,))],
         ) from exc
-    return DateCriterion(prefix, low, high)
+    # Widened to whole seconds: the blind index compares dates to the second (``criteria_sql``),
+    # and so the in-memory store answers the same.
+    return DateCriterion(prefix, low[:19] + ".000000", high[:19] + ".999999")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,9 +585,6 @@ def entry_matches(clause: Clause, entry: IndexEntry) -> bool:
                 return True
         elif clause.modifier == "exact" or clause.kind is Kind.URI:
             if entry.raw == c.value:
-                return True
-        elif clause.modifier == "contains":
-            if entry.text is not None and c.value in entry.text:
                 return True
         elif entry.text is not None and entry.text.startswith(c.value):
             return True

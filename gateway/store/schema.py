@@ -4,7 +4,7 @@ migrations in ``migrations/`` create it, and a test holds the two in step.
 ``resources``          one row per logical resource: where its current version is, and who
                        contributed it (kept here, never in the body).
 ``resource_versions``  every version, its canonical JSON encrypted (AES-256-GCM) under ``key_id``.
-``search_index``       search values of each *current* version, extracted at write time.
+``search_index``       blind search values of each *current* version (``blind.py``).
 ``token_replay``       client-assertion ``jti`` values already used, until they expire (auth).
 ``audit_log``          the hash-chained audit events (``gateway/audit``): append-only.
 ``audit_index``        each event's search values (patient, agent, entity, type, subtype, outcome).
@@ -54,6 +54,11 @@ resources = Table(
     Column("deleted", Boolean, nullable=False, default=False),
     # The partner that created the resource: consent's "contributor may always read it back".
     Column("contributor", String(64), nullable=True),
+    # The consent facts of the current version (``searchparams.FACT_PARAMS``), sealed like a
+    # body (AES-256-GCM, ``facts:type/id/version`` as associated data): search under consent
+    # decides from them without decrypting bodies, and no clinical code sits in clear.
+    Column("facts_key", String(64), nullable=True),
+    Column("facts", LargeBinary, nullable=True),
     UniqueConstraint("resource_type", "id", name="uq_resources_type_id"),
     Index("ix_resources_type_updated", "resource_type", "last_updated"),
 )
@@ -70,26 +75,33 @@ resource_versions = Table(
     Index("ix_versions_key", "key_id"),
 )
 
+# Blind (``gateway/store/blind.py``): tokens, strings and the finer parts of dates are keyed
+# HMACs under ``key_id``; references stay in clear (server ids); dates keep their year.
+_BLIND = String(32)
+_DATE_PARTS = ("month", "day", "hour", "minute", "second")
 search_index = Table(
     "search_index",
     metadata,
     Column("rid", RowId, ForeignKey("resources.rid"), nullable=False),
     Column("resource_type", String(64), nullable=False),
     Column("param", String(64), nullable=False),
-    Column("system", Text, nullable=True),
-    Column("code", Text, nullable=True),
-    Column("text", Text, nullable=True),
-    Column("raw", Text, nullable=True),
+    Column("key_id", String(64), nullable=True),
+    Column("system", _BLIND, nullable=True),
+    Column("code", _BLIND, nullable=True),
+    Column("text", _BLIND, nullable=True),  # one normalised prefix
+    Column("raw", _BLIND, nullable=True),  # the value as written, for :exact
     Column("ref_type", String(64), nullable=True),
     Column("ref_id", String(64), nullable=True),
-    Column("low", String(32), nullable=True),
-    Column("high", String(32), nullable=True),
+    Column("low_year", String(4), nullable=True),
+    Column("high_year", String(4), nullable=True),
+    *(Column(f"low_{part}", _BLIND, nullable=True) for part in _DATE_PARTS),
+    *(Column(f"high_{part}", _BLIND, nullable=True) for part in _DATE_PARTS),
     Index("ix_search_rid", "rid"),
     # Partial: each index row lands in the one index of its kind, not in all four.
     Index("ix_search_token", "resource_type", "param", "code", **_only("code")),
     Index("ix_search_ref", "resource_type", "param", "ref_id", **_only("ref_id")),
     Index("ix_search_text", "resource_type", "param", "text", **_only("text")),
-    Index("ix_search_date", "resource_type", "param", "low", "high", **_only("low")),
+    Index("ix_search_date", "resource_type", "param", "low_year", "high_year", **_only("low_year")),
 )
 
 # SMART Backend Services replay protection (gateway/disclose/auth.py): a client assertion's jti

@@ -293,6 +293,14 @@ FACT_PARAMS["Consent"] += (SearchParam(CONSENT_ACTOR, Kind.REFERENCE, _ACTOR_PAT
 FACT_PARAM_NAMES = frozenset(
     {"_security", INLINE_LABEL_PARAM, *(p.name for params in FACT_PARAMS.values() for p in params)}
 )
+# Facts no SQL statement looks for: kept only in the resource's sealed facts (``sql``), never as
+# index rows, so the blind index holds no clinical code or date it does not search on.
+CONSENT_FACT_ONLY = frozenset(
+    {"_consent-code", "_consent-date", "_consent-ref", "_consent-author", INLINE_LABEL_PARAM}
+)
+# A flag row on every active Consent: the consent probe's "active" test without a status value.
+CONSENT_ACTIVE = "_consent-active"
+CONSENT_ACTIVE_ENTRY = IndexEntry(CONSENT_ACTIVE)
 
 RESOURCE_TYPES: tuple[str, ...] = tuple(PARAMS)
 
@@ -352,6 +360,8 @@ def extract(resource: dict[str, Any]) -> list[IndexEntry]:
         # A Consent whose patient cannot be read still denies (for every patient of its
         # recorder): it is filed under every patient, so that it is read with each one's.
         entries[ANY_PATIENT_ENTRY] = None
+    if resource["resourceType"] == "Consent" and resource.get("status") == "active":
+        entries[CONSENT_ACTIVE_ENTRY] = None
     for label in sorted(_inline_labels(resource)):
         entries[IndexEntry(INLINE_LABEL_PARAM, code=label)] = None
     return list(entries)

@@ -5,9 +5,7 @@ administrator could do (with the append-only trigger switched off, as an attacke
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -19,106 +17,12 @@ from gateway.audit.chain import (
     AuditChain,
     CheckpointSigner,
     chain_hash,
-    load_public_key,
-    public_key_path,
 )
 from gateway.clock import FrozenClock
 from gateway.errors import ServiceUnavailable
-from gateway.keys import init_keys
-from gateway.store.database import make_engine, upgrade
-from tests.conftest import START, sqlite_engine
-from tests.support.databases import create_database, drop_database
-
-EVERY = 10
-
-
-def event(n: int) -> dict[str, Any]:
-    """A small BALP-shaped read event (references and codes only)."""
-    return {
-        "resourceType": "AuditEvent",
-        "type": {
-            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-            "code": "rest",
-        },
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
-        "action": "R",
-        "outcome": "0",
-        "agent": [{"who": {"reference": "Organization/harbor-clinic"}, "requestor": True}],
-        "entity": [{"what": {"reference": f"CarePlan/cp{n}/_history/1"}}],
-    }
-
-
-@pytest.fixture(scope="module")
-def postgres_audit_url() -> Iterator[str]:
-    import os
-
-    base = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("GATEWAY_TEST_POSTGRES_URL is not set")
-    url = create_database(base, "gateway_audit")
-    upgrade(engine := make_engine(url))
-    engine.dispose()
-    yield url
-    drop_database(base, "gateway_audit")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        e = sqlite_engine(tmp_path)
-    else:
-        e = make_engine(request.getfixturevalue("postgres_audit_url"))
-        with as_attacker(e) as conn:
-            conn.execute(text("TRUNCATE audit_log, audit_index, audit_checkpoints"))
-    yield e
-    e.dispose()
-
-
-class as_attacker:  # noqa: N801 (a context manager read as prose)
-    """A connection that bypasses the append-only trigger (a DBA could)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def __enter__(self) -> Any:
-        self.conn = self.engine.connect()
-        self.tx = self.conn.begin()
-        if self.engine.dialect.name == "postgresql":
-            self.conn.execute(text("SET LOCAL session_replication_role = replica"))
-        return self.conn
-
-    def __exit__(self, *exc: object) -> None:
-        self.tx.commit()
-        self.conn.close()
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    init_keys(tmp_path / "keys", START)
-    return tmp_path / "keys"
-
-
-@pytest.fixture
-def chain(engine: Engine, keys: Path, tmp_path: Path) -> Iterator[AuditChain]:
-    chain = AuditChain(
-        engine,
-        CheckpointSigner.from_keys_dir(keys),
-        FrozenClock(START),
-        checkpoint_every=EVERY,
-        checkpoint_file=tmp_path / "checkpoints.jsonl",
-    )
-    yield chain
-    chain.close()
-
-
-@pytest.fixture
-def public(keys: Path) -> ed25519.Ed25519PublicKey:
-    return load_public_key(public_key_path(keys))
-
-
-def fill(chain: AuditChain, n: int) -> None:
-    for start in range(0, n, 7):
-        chain.append([event(i) for i in range(start, min(n, start + 7))])
+from gateway.store.database import make_engine
+from tests.audit.helpers import EVERY, as_attacker, event, fill, tamper
+from tests.conftest import START
 
 
 def test_appends_are_numbered_without_gaps_and_chained(
@@ -134,11 +38,14 @@ def test_appends_are_numbered_without_gaps_and_chained(
     assert chain_hash(bytes.fromhex(prev), seq, recorded, body.encode()).hex() == digest
     result = chain.verify(public)
     assert result.ok
-    assert str(result) == "verified 3 events and 0 signed checkpoints"
+    assert str(result) == (
+        "verified 3 events and 0 signed checkpoints; "
+        "3 events not yet anchored in the checkpoint file (absent)"
+    )
 
 
 def test_a_checkpoint_is_signed_every_n_events_and_on_demand(
-    chain: AuditChain, public: ed25519.Ed25519PublicKey, tmp_path: Path
+    chain: AuditChain, public: ed25519.Ed25519PublicKey, checkpoint_file: Path
 ) -> None:
     fill(chain, 25)
     assert [c.seq for c in chain.checkpoints()] == [10, 20]
@@ -146,14 +53,8 @@ def test_a_checkpoint_is_signed_every_n_events_and_on_demand(
     assert on_demand is not None
     assert on_demand.seq == 25
     assert [c.seq for c in chain.checkpoints()] == [10, 20, 25]
-    assert len((tmp_path / "checkpoints.jsonl").read_bytes().splitlines()) == 3
-    assert chain.verify(public, checkpoint_file=tmp_path / "checkpoints.jsonl").ok
-
-
-def tamper(engine: Engine, *statements: str) -> None:
-    with as_attacker(engine) as conn:
-        for statement in statements:
-            conn.execute(text(statement))
+    assert len(checkpoint_file.read_bytes().splitlines()) == 3
+    assert chain.verify(public, checkpoint_files=[checkpoint_file]).ok
 
 
 @pytest.mark.parametrize(
@@ -204,12 +105,17 @@ def test_verify_names_the_first_bad_seq_for_each_kind_of_tampering(
 
 
 def test_truncating_the_table_and_its_checkpoints_is_caught_by_the_checkpoint_file(
-    chain: AuditChain, engine: Engine, public: ed25519.Ed25519PublicKey, tmp_path: Path
+    chain: AuditChain, engine: Engine, public: ed25519.Ed25519PublicKey
 ) -> None:
     fill(chain, 25)
-    tamper(engine, "DELETE FROM audit_log WHERE seq > 9", "DELETE FROM audit_checkpoints")
-    assert chain.verify(public).ok  # the database alone can no longer tell
-    outside = chain.verify(public, checkpoint_file=tmp_path / "checkpoints.jsonl")
+    tamper(
+        engine,
+        "DELETE FROM audit_log WHERE seq > 9",
+        "DELETE FROM audit_index WHERE seq > 9",
+        "DELETE FROM audit_checkpoints",
+    )
+    assert chain.verify(public, checkpoint_files=()).ok  # the database alone can no longer tell
+    outside = chain.verify(public)  # the chain's own checkpoint file
     assert not outside.ok
     assert outside.bad_seq == 10
     assert "truncated" in (outside.problem or "")
@@ -219,7 +125,11 @@ def test_a_chain_rewritten_from_the_start_disagrees_with_its_signed_checkpoint(
     chain: AuditChain, engine: Engine, public: ed25519.Ed25519PublicKey
 ) -> None:
     fill(chain, 12)
-    tamper(engine, "UPDATE audit_log SET event = replace(event, 'cp3', 'cp9') WHERE seq = 4")
+    tamper(
+        engine,
+        "UPDATE audit_log SET event = replace(event, 'cp3', 'cp9') WHERE seq = 4",
+        "UPDATE audit_index SET value = replace(value, 'cp3', 'cp9') WHERE seq = 4",
+    )
     # The attacker recomputes every hash after the edit: the chain is consistent again ...
     rows = list(chain.rows())
     prev = GENESIS
@@ -304,7 +214,11 @@ def test_concurrent_writers_leave_one_gapless_chain(
 
 
 def test_two_gateways_on_one_database_share_one_chain(
-    chain: AuditChain, engine: Engine, keys: Path, public: ed25519.Ed25519PublicKey
+    chain: AuditChain,
+    engine: Engine,
+    keys: Path,
+    public: ed25519.Ed25519PublicKey,
+    checkpoint_file: Path,
 ) -> None:
     """Another process (here: another AuditChain on its own engine) appends through the
     database's lock, not the in-process one."""
@@ -314,6 +228,7 @@ def test_two_gateways_on_one_database_share_one_chain(
         CheckpointSigner.from_keys_dir(keys),
         FrozenClock(START),
         checkpoint_every=EVERY,
+        checkpoint_file=checkpoint_file,  # one host, one file
     )
     threads = [
         threading.Thread(target=lambda c=c: [c.append([event(i)]) for i in range(60)])  # type: ignore[misc]

@@ -222,10 +222,32 @@ def test_exact_string_search_matches_the_whole_value_as_written(
     assert ids(search(any_store, "Patient", "family:exact=alvarez")) == []
 
 
-def test_contains_string_search_matches_inside(
+def test_contains_is_refused_because_the_index_keeps_only_blind_prefixes() -> None:
+    from gateway.errors import UnknownParameter
+
+    with pytest.raises(UnknownParameter, match=":contains"):
+        parse_search("Patient", [("family:contains", "kaf")])
+
+
+def test_a_string_search_compares_the_first_64_characters(
     any_store: ResourceStore, network: dict[str, str]
 ) -> None:
-    assert ids(search(any_store, "Patient", "family:contains=kaf")) == [network["amina"]]
+    assert ids(search(any_store, "Patient", "family=oka")) == [network["amina"]]
+    assert ids(search(any_store, "Patient", "family=okafor" + "x" * 70)) == []
+    long_name = "Okafor-" + "b" * 70
+    stored = any_store.create(patient(long_name, "Ada"))
+    # Beyond 64 characters the index keeps no prefix: the rest of the value is not compared.
+    beyond = long_name[:64] + "zzz"
+    assert ids(search(any_store, "Patient", f"family={beyond}")) == [stored.id]
+
+
+def test_a_search_date_finer_than_a_second_compares_to_the_second(
+    any_store: ResourceStore, network: dict[str, str]
+) -> None:
+    # Both stores widen the criterion to its whole second, as the blind index compares.
+    query = parse_search("Patient", [("birthdate", "ge2100-01-01T00:00:00.5Z")])
+    (criterion,) = query.clauses[0].criteria
+    assert criterion.low.endswith("00:00:00.000000")  # type: ignore[union-attr]
 
 
 def test_token_search_by_system_and_value(

@@ -128,9 +128,13 @@ def test_a_search_writes_one_event_per_patient_with_the_query(
     assert len(events) == 3
     patients = sorted(p for e in events for p in entities(e, "1"))
     assert patients == sorted(f"Patient/{p}" for p in [shelter_record["patient"], *others])
+    seal = shelter.app.state.gateway.audit_seal  # type: ignore[attr-defined]
     for event in events:
         assert "search-type" in subtypes(event)
-        (query,) = [e for e in event["entity"] if e["role"]["code"] == "24"]
+        (stored,) = [e for e in event["entity"] if e["role"]["code"] == "24"]
+        assert "query" not in stored, "the query is sealed in the chain, never in clear"
+        assert "status=active" not in orjson.dumps(event).decode()
+        (query,) = [e for e in seal.open(event)["entity"] if e["role"]["code"] == "24"]
         assert base64.b64decode(query["query"]).decode() == "status=active&_count=10"
 
 

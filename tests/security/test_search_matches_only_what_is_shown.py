@@ -1,7 +1,8 @@
 """A recipient's search matches only values of elements it would receive after redaction; the
 contributor's matches everything. A hidden alias (a name carrying an inline LOCIS label) was
 read out letter by letter through ``name``/``family``/``given`` before: every one of them, and
-``:exact`` and ``:contains``, must now miss it for anyone but the shelter."""
+``:exact``, must now miss it for anyone but the shelter (``:contains`` is refused outright: the
+blind index keeps keyed prefixes only)."""
 
 from __future__ import annotations
 
@@ -48,8 +49,6 @@ def survivor(shelter: TestClient) -> str:
         "given=l",
         "name:exact=Sombra",
         "family:exact=Sombra",
-        "name:contains=mbr",
-        "given:contains=zmil",
         "name=sombra,nobody",
         "name:missing=false&family=Sombra",
     ],
