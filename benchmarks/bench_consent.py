@@ -126,7 +126,9 @@ def consents(count: int) -> list[ParsedConsent]:
     # The matching Consent comes last: decide has to look at every other one first.
     docs = [consent(i, PARTNERS[1 + i % (len(PARTNERS) - 1)]) for i in range(count - 1)]
     docs.append(consent(count, "harbor-clinic"))
-    return [parse_consent(d) for d in docs]
+    # Recorded by the shelter, the contributor of every scenario's record (a Consent governs
+    # only its recorder's records).
+    return [parse_consent(d, recorder="riverside-shelter") for d in docs]
 
 
 def facts(rtype: str, rid: str, labels: frozenset[str], kind: str) -> ResourceFacts:

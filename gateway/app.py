@@ -104,6 +104,7 @@ def create_app(
                 clock,
                 checkpoint_every=settings.audit_checkpoint_every,
                 checkpoint_file=settings.checkpoint_file,
+                site=settings.fhir_base,
             )
             if isinstance(the_store, SqlStore)
             else MemoryAuditLog(failing=True)

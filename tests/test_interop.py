@@ -20,7 +20,7 @@ from fhirpy.base.exceptions import ResourceNotFound
 
 from gateway.keys import init_keys
 from tests.support.databases import create_database, drop_database
-from tests.support.server import running_gateway
+from tests.support.servers import running_gateway
 
 pytestmark = pytest.mark.server
 
@@ -48,23 +48,24 @@ POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
 def gateway(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """The base URL of a real gateway over an empty database (it creates the schema itself)."""
-    tmp = tmp_path_factory.mktemp(f"interop-{request.param}")
-    keys_dir = tmp / "keys"
+    """The base URL of a real gateway over an empty database (it creates the schema itself).
+
+    Everything the server owns is private to this run and this xdist worker: the port (reserved
+    across processes), a work directory under the worker's own basetemp holding the SQLite file,
+    the keys, the audit checkpoint file, TMPDIR and the server's log, and, for PostgreSQL, a
+    database named after the run and the worker."""
+    work = tmp_path_factory.mktemp(f"interop-{request.param}")
+    keys_dir = work / "keys"
     init_keys(keys_dir, datetime.now(UTC))
     if request.param == "postgres":
         assert POSTGRES_URL is not None
         database_url = create_database(POSTGRES_URL, "gateway_interop")
     else:
-        database_url = f"sqlite:///{tmp}/interop.db"
-    env = {
-        "GATEWAY_DATABASE_URL": database_url,
-        "GATEWAY_KEYS_DIR": str(keys_dir),
-        "GATEWAY_LOG_LEVEL": "WARNING",
-    }
+        database_url = f"sqlite:///{work}/interop.db"
+    env = {"GATEWAY_DATABASE_URL": database_url, "GATEWAY_KEYS_DIR": str(keys_dir)}
     try:
-        with running_gateway(env) as base:
-            yield base
+        with running_gateway(env, work) as server:
+            yield server.base
     finally:
         if request.param == "postgres" and POSTGRES_URL:
             drop_database(POSTGRES_URL, "gateway_interop")

@@ -37,6 +37,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from gateway.audit.checkpoints import (
@@ -49,6 +51,7 @@ from gateway.audit.checkpoints import (
     load_public_keys,
     public_key_path,
 )
+from gateway.audit.events import aggregated_refusals
 from gateway.audit.export import export_lines
 from gateway.audit.rows import GENESIS, canonical_event, chain_hash, index_values
 from gateway.audit.verify import PublicKeys, Verification, verify_chain, verify_export
@@ -58,6 +61,7 @@ from gateway.store.port import StoreSession
 from gateway.store.schema import audit_checkpoints as CP
 from gateway.store.schema import audit_index as AI
 from gateway.store.schema import audit_log as AL
+from gateway.store.schema import audit_noise as NOISE
 from gateway.store.searchparams import stamp
 from gateway.store.sql_session import SqlSession
 
@@ -91,6 +95,7 @@ logger = logging.getLogger("gateway.audit")
 APPEND_LOCK = 0x6175646974  # "audit"
 # Checkpoints kept for the file when it cannot be written (retried after the next commit).
 MAX_UNFILED = 1000
+NOISE_BATCH = 500  # aggregated events folded per transaction
 
 
 class ReindexRefused(Exception):
@@ -162,8 +167,10 @@ class AuditChain:
         *,
         checkpoint_every: int = 1000,
         checkpoint_file: Path | None = None,
+        site: str = "care-gateway",
     ) -> None:
         self._engine = engine
+        self._site = site  # the gateway's FHIR base: AuditEvent.source.site of what it writes
         self._signer = signer
         self._clock = clock
         self._every = checkpoint_every
@@ -263,6 +270,79 @@ class AuditChain:
             )
         return AfterCommit(self, checkpoints)
 
+    # -- unauthenticated noise ----------------------------------------------------------------
+
+    def note_unauthenticated(self, source: str | None, reason: str) -> None:
+        """Count one refusal without a valid token (durably: committed before the refusal is
+        answered, or ``ServiceUnavailable``), and fold the minutes that have closed into the
+        chain, one event per source, reason and minute: the internet's noise grows the log by
+        that much, and no refusal is dropped."""
+        minute = stamp(self._clock.now())[:16]
+        key = {"minute": minute, "source": (source or "unknown")[:64], "reason": reason[:64]}
+        upsert = (pg_insert if self._postgres else sqlite_insert)(NOISE).values(**key, count=1)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["minute", "source", "reason"], set_={"count": NOISE.c.count + 1}
+        )
+        try:
+            with self._writing() as conn:
+                conn.execute(upsert)
+                after = self._fold_noise(conn, before=minute)
+        except DBAPIError as exc:
+            raise ServiceUnavailable("the audit log cannot be written") from exc
+        if after is not None:
+            after()
+
+    def fold_noise(self) -> int:
+        """Fold every counted refusal into the chain now, the current minute included (at
+        shutdown, and by ``audit verify`` callers that want a settled log); how many events."""
+        folded = 0
+        while True:
+            with self._writing() as conn:
+                pending = conn.execute(select(func.count()).select_from(NOISE)).scalar_one()
+                after = self._fold_noise(conn, before=None)
+            if after is None:
+                return folded
+            after()
+            folded += min(int(pending), NOISE_BATCH)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A pooled connection in a writer's transaction (SQLite: ``BEGIN IMMEDIATE``)."""
+        with self._engine.connect() as raw:
+            conn = raw.execution_options(gateway_write=True)
+            with conn.begin():
+                yield conn
+
+    def _fold_noise(self, conn: Connection, *, before: str | None) -> AfterCommit | None:
+        closed = select(NOISE).order_by(NOISE.c.minute, NOISE.c.source, NOISE.c.reason)
+        if before is not None:
+            closed = closed.where(NOISE.c.minute < before)
+        if conn.execute(closed.limit(1)).first() is None:
+            return None
+        if self._postgres:  # lock first, then read: a concurrent fold finds nothing left
+            conn.execute(select(func.pg_advisory_xact_lock(APPEND_LOCK)))
+        rows = conn.execute(closed.limit(NOISE_BATCH)).all()
+        if not rows:
+            return None
+        now = self._clock.now()
+        events = [
+            aggregated_refusals(
+                source_address=row.source, reason=row.reason, minute=row.minute,
+                count=row._mapping["count"], recorded=now, site=self._site,
+            )
+            for row in rows
+        ]  # fmt: skip
+        after = self._append_on(conn, events)
+        for row in rows:
+            conn.execute(
+                delete(NOISE).where(
+                    NOISE.c.minute == row.minute,
+                    NOISE.c.source == row.source,
+                    NOISE.c.reason == row.reason,
+                )
+            )
+        return after
+
     def anchor_committed(self, checkpoints: list[Checkpoint]) -> None:
         """File checkpoints whose transaction has committed (and any an earlier commit could
         not file)."""
@@ -356,6 +436,14 @@ class AuditChain:
                 conn.close()
 
     def close(self) -> None:
+        """At shutdown: fold the counted refusals into the chain (best effort: what cannot be
+        folded now stays counted in the database for the next start), release the writer."""
+        try:
+            self.fold_noise()
+        except Exception as exc:
+            logger.warning(
+                "unauthenticated refusals not folded at shutdown (%s)", type(exc).__name__
+            )
         with self._lock:
             self._drop_writer()
 

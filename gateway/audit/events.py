@@ -212,3 +212,31 @@ def _event(
     if entities:
         event["entity"] = entities
     return event
+
+
+AGGREGATED = "urn:care-gateway:audit:aggregated-refusals"
+
+
+def aggregated_refusals(
+    *, source_address: str, reason: str, minute: str, count: int, recorded: datetime, site: str
+) -> dict[str, Any]:
+    """One event for every refusal without a valid token from one source, for one reason, in
+    one minute (``minute``: ``YYYY-MM-DDTHH:MM``, UTC): how many, from where, why."""
+    activity = Activity(
+        "operation", None, outcome=REFUSED, refusal=reason, subtypes=("unauthenticated",)
+    )
+    actor = Actor(None, None, address=source_address or None)
+    (event,) = audit_events(activity, actor, recorded, source=site)
+    event["extension"] = [
+        {
+            "url": AGGREGATED,
+            "extension": [
+                {"url": "count", "valueInteger": count},
+                {
+                    "url": "period",
+                    "valuePeriod": {"start": f"{minute}:00Z", "end": f"{minute}:59.999Z"},
+                },
+            ],
+        }
+    ]
+    return event

@@ -10,12 +10,13 @@ answers 503 and discloses nothing (fail closed).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.audit.chain import AuditPage, AuditQuery, index_values
-from gateway.audit.events import Activity
+from gateway.audit.events import Activity, aggregated_refusals
 from gateway.errors import ServiceUnavailable
-from gateway.store.searchparams import parse_date_range
+from gateway.store.searchparams import parse_date_range, stamp
 
 if TYPE_CHECKING:
     from gateway.store.port import StoreSession
@@ -43,6 +44,11 @@ class AuditLog(Protocol):
 
     def close(self) -> None:
         """Release connections (the app's shutdown)."""
+        ...
+
+    def note_unauthenticated(self, source: str | None, reason: str) -> None:
+        """Count a refusal without a valid token (committed, or ``ServiceUnavailable``); such
+        refusals reach the log as one event per source, reason and minute."""
         ...
 
 
@@ -81,6 +87,18 @@ class MemoryAuditLog:
 
     def close(self) -> None:
         return None
+
+    def note_unauthenticated(self, source: str | None, reason: str) -> None:
+        # The twin keeps no counters: each refusal is an aggregate of one.
+        self.append(
+            [
+                aggregated_refusals(
+                    source_address=source or "unknown", reason=reason,
+                    minute=stamp(datetime.now(UTC))[:16], count=1,
+                    recorded=datetime.now(UTC), site="care-gateway",
+                )
+            ]
+        )  # fmt: skip
 
     def append_within(
         self, session: StoreSession, events: Sequence[dict[str, Any]]

@@ -48,7 +48,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from gateway.audit.events import REFUSED, Activity, Actor
+from gateway.audit.events import Activity, Actor
 from gateway.clock import Clock
 from gateway.disclose.deps import Requester
 from gateway.disclose.rest import FhirRoute, append_audit
@@ -774,13 +774,13 @@ def auth_routes(tokens: TokenService | None, settings: Settings) -> list[BaseRou
                 error.reason,
                 extra={"duration_ms": round((time.perf_counter() - started) * 1000, 1)},
             )
-            refusal = Activity(
-                "operation", None, outcome=REFUSED, refusal=f"token:{error.reason}",
-                subtypes=("token-request",),
-            )  # fmt: skip
-            anonymous = Actor(None, None, address=address)
+            # A refused token request has no partner yet: counted per source and reason, and
+            # folded into the log as one event a minute (never dropped, never unbounded).
+            audit = request.app.state.gateway.audit
             try:
-                await append_audit(request.app.state.gateway, [refusal], anonymous)
+                await run_in_threadpool(
+                    audit.note_unauthenticated, address, f"token:{error.reason}"
+                )
             except ServiceUnavailable:
                 return _oauth_response(UNAVAILABLE)
             return _oauth_response(error)

@@ -156,16 +156,14 @@ async def write_audit(request: Request, *, token_refused: bool = False) -> None:
     address = request.client.host if request.client else None
     bound = getattr(request.state, "audited", None)
     if bound is None:
-        if not token_refused:
-            return
-        actor = Actor(None, None, address=address)
-        resource_type = request.path_params.get("resource_type")
-        activities = [Activity(interaction, resource_type, outcome=REFUSED, refusal="token")]
-    else:
-        actor, trail = bound
-        activities = trail.pending()  # writes' events are committed already, with the writes
-        if not activities:
-            return
+        if token_refused:  # no valid token: counted, folded into one event a minute
+            reason = f"token:{interaction}"  # a handful of interaction codes: a bounded key
+            await run_in_threadpool(ctx.audit.note_unauthenticated, address, reason)
+        return
+    actor, trail = bound
+    activities = trail.pending()  # writes' events are committed already, with the writes
+    if not activities:
+        return
     await append_audit(ctx, activities, actor)
 
 

@@ -141,6 +141,20 @@ audit_index = Table(
     Column("param", String(32), nullable=False),
     Column("value", String(255), nullable=False),
     Index("ix_audit_index_lookup", "param", "value", "seq"),
+    # ``audit verify`` reads the index in seq order beside the events.
+    Index("ix_audit_index_seq", "seq"),
+)
+
+# Refusals without a valid token, counted per minute, source and reason until they are folded
+# into the chain as one event (``AuditChain.note_unauthenticated``): noise from the internet
+# grows the log by one event per source, reason and minute, and no refusal is dropped.
+audit_noise = Table(
+    "audit_noise",
+    metadata,
+    Column("minute", String(16), primary_key=True),
+    Column("source", String(64), primary_key=True),
+    Column("reason", String(64), primary_key=True),
+    Column("count", Integer, nullable=False),
 )
 
 audit_checkpoints = Table(

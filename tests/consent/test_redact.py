@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from gateway.consent.policy import Obligation, load_policy
 from gateway.consent.redact import INLINE_LABEL, may_change, redact
 from gateway.store.records import canonical
+from tests.support.reach import Reach
 
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "consent_policies")
 RULES = {r.id: r.obligation for r in POLICY.redactions}
@@ -130,16 +131,22 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    body=st.dictionaries(KEYS, JSON, max_size=4),
-    rule=st.sampled_from(sorted(RULES)),
-)
-def test_an_obligation_that_may_not_change_a_body_leaves_it_exactly_as_it_was(
-    body: dict[str, Any], rule: str
-) -> None:
+def test_an_obligation_that_may_not_change_a_body_leaves_it_exactly_as_it_was() -> None:
     """Releases skip parsing when ``may_change`` says no: it must never say no wrongly."""
-    doc = {"resourceType": "Patient", "id": "p1", **body}
-    obligation = RULES[rule]
-    if not may_change(canonical(doc), obligation):
-        assert redact(doc, [obligation]) == doc
+    reach = Reach("may_change said no, and redact changed nothing")
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(
+        body=st.dictionaries(KEYS, JSON, max_size=4),
+        rule=st.sampled_from(sorted(RULES)),
+    )
+    def never_wrongly_no(body: dict[str, Any], rule: str) -> None:
+        reach.example()
+        doc = {"resourceType": "Patient", "id": "p1", **body}
+        obligation = RULES[rule]
+        if not may_change(canonical(doc), obligation):
+            reach.hit()
+            assert redact(doc, [obligation]) == doc
+
+    never_wrongly_no()
+    reach.check(minimum=0.55)  # 191/300 of the derandomized bodies get a "no"

@@ -181,10 +181,15 @@ def test_a_request_without_a_valid_token_is_audited_as_a_token_refusal(
     with TestClient(create_app(settings, store=sql_store, clock=clock), base_url=BASE) as anon:
         before = len(audit_log(anon))
         assert anon.get("/fhir/Patient/p1").status_code == 401
+        # Counted durably before the 401, folded into the chain once its minute has closed.
+        assert new_events(anon, before) == []
+        anon.app.state.gateway.audit.fold_noise()  # type: ignore[attr-defined]
         (event,) = new_events(anon, before)
     assert event["outcome"] == "4"
-    assert event["outcomeDesc"] == "token"
+    assert event["outcomeDesc"] == "token:read"
     assert requestor(event)["who"] == {"display": "unauthenticated client"}
+    (aggregate,) = event["extension"]
+    assert {"url": "count", "valueInteger": 1} in aggregate["extension"]
 
 
 def test_recording_and_revoking_a_consent_are_audited(

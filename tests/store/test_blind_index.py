@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
@@ -19,6 +19,7 @@ from gateway.store.memory import MemoryStore
 from gateway.store.query import parse_search
 from gateway.store.schema import search_index
 from gateway.store.sql import SqlStore
+from tests.support.reach import Reach
 from tests.support.records import patient
 
 START = datetime(2026, 12, 2, tzinfo=UTC)
@@ -96,39 +97,27 @@ CRITERIA = st.tuples(
     st.sampled_from([-86400, -1, 0, 1, 60, 3600, 86400 * 2]),
     st.sampled_from(PRECISIONS),
 )
-REACHED = {"examples": 0, "discriminating": 0}
 
 
-@settings(
-    max_examples=120,
-    derandomize=True,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-@given(criterion=CRITERIA)
-def test_date_searches_on_the_blind_index_answer_as_the_clear_semantics(
-    twins: Any, criterion: tuple[str, datetime, int, str]
-) -> None:
+def test_date_searches_on_the_blind_index_answer_as_the_clear_semantics(twins: Any) -> None:
     sql, memory, ids = twins
-    prefix, anchor, shift, precision = criterion
-    value = prefix + _stamp_text(anchor + timedelta(seconds=shift), precision)
-    query = parse_search("ServiceRequest", [("occurrence", value), ("_count", "500")])
-    from_sql = {ids[r.id] for r in sql.search(query).matches}
-    from_memory = {r.id for r in memory.search(query).matches}
-    REACHED["examples"] += 1
-    if 0 < len(from_memory) < len(ids):
-        REACHED["discriminating"] += 1
-    assert from_sql == from_memory, value
+    reach = Reach("a date search that told the records apart")
 
+    @settings(max_examples=120, derandomize=True, deadline=None)
+    @given(criterion=CRITERIA)
+    def agree(criterion: tuple[str, datetime, int, str]) -> None:
+        reach.example()
+        prefix, anchor, shift, precision = criterion
+        value = prefix + _stamp_text(anchor + timedelta(seconds=shift), precision)
+        query = parse_search("ServiceRequest", [("occurrence", value), ("_count", "500")])
+        from_sql = {ids[r.id] for r in sql.search(query).matches}
+        from_memory = {r.id for r in memory.search(query).matches}
+        if 0 < len(from_memory) < len(ids):
+            reach.hit()  # found some records and not others: a boundary was compared
+        assert from_sql == from_memory, value
 
-def test_the_date_property_reached_searches_that_tell_records_apart() -> None:
-    # Runs after the property (file order): most of its searches must have split the records,
-    # or it proved nothing about the boundaries.
-    if REACHED["examples"] == 0:
-        pytest.skip("the property did not run in this process")
-    share = REACHED["discriminating"] / REACHED["examples"]
-    print(f"blind date property: {REACHED['discriminating']}/{REACHED['examples']} split the set")
-    assert share >= 0.6
+    agree()
+    reach.check(minimum=0.6)
 
 
 def _index_values(store: SqlStore) -> set[str]:

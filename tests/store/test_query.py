@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.clock import FrozenClock
@@ -29,6 +29,7 @@ from gateway.store.query import (
 )
 from gateway.store.searchparams import extract, normalise, parse_date_range
 from gateway.store.sql import SqlStore
+from tests.support.reach import Reach
 from tests.support.records import patient
 
 
@@ -163,43 +164,47 @@ def twin_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, KeyRing
     return tmp_path_factory.mktemp("twins"), KeyRing([key], key.key_id)
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(people=survivors, query=queries)
-def test_memory_and_sqlite_answer_every_search_alike(
-    twin_stores: tuple[Path, KeyRing],
-    people: list[tuple[str, str, object, str]],
-    query: list[tuple[str, str]],
-) -> None:
+def test_memory_and_sqlite_answer_every_search_alike(twin_stores: tuple[Path, KeyRing]) -> None:
     folder, ring = twin_stores
-    database = folder / "twin.db"
-    database.unlink(missing_ok=True)
-    engine = make_engine(f"sqlite:///{database}")
-    upgrade(engine)
-    start = datetime(2026, 11, 23, tzinfo=UTC)
-    sql = SqlStore(engine, ring, FrozenClock(start, timedelta(milliseconds=1)))
-    memory = MemoryStore(FrozenClock(start, timedelta(milliseconds=1)))
-    for i, (family, given_name, born, gender) in enumerate(people):
-        doc = {
-            **patient(family, given_name, mrn=str(i), birth_date=str(born), gender=gender),
-            "id": f"p{i}",
-        }
-        sql.update("Patient", doc["id"], doc, if_match=None)
-        memory.update("Patient", doc["id"], doc, if_match=None)
-    parsed = parse_search("Patient", query)
-    pages = []
-    for store in (sql, memory):
-        page, seen = store.search(parsed), []
-        while True:
-            seen += [r.id for r in page.matches]
-            if page.next_cursor is None:
-                break
-            page = store.search(parse_search("Patient", [*query, ("_cursor", page.next_cursor)]))
-        pages.append((page.total, seen))
-    sql.close()
-    assert pages[0] == pages[1]
-    assert len(set(pages[0][1])) == len(pages[0][1]) == pages[0][0]
+    reach = Reach("memory and SQLite agree on a search that matched")
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(people=survivors, query=queries)
+    def agree(people: list[tuple[str, str, object, str]], query: list[tuple[str, str]]) -> None:
+        reach.example()
+        database = folder / "twin.db"
+        database.unlink(missing_ok=True)
+        engine = make_engine(f"sqlite:///{database}")
+        upgrade(engine)
+        start = datetime(2026, 11, 23, tzinfo=UTC)
+        sql = SqlStore(engine, ring, FrozenClock(start, timedelta(milliseconds=1)))
+        memory = MemoryStore(FrozenClock(start, timedelta(milliseconds=1)))
+        for i, (family, given_name, born, gender) in enumerate(people):
+            doc = {
+                **patient(family, given_name, mrn=str(i), birth_date=str(born), gender=gender),
+                "id": f"p{i}",
+            }
+            sql.update("Patient", doc["id"], doc, if_match=None)
+            memory.update("Patient", doc["id"], doc, if_match=None)
+        parsed = parse_search("Patient", query)
+        pages = []
+        for store in (sql, memory):
+            page, seen = store.search(parsed), []
+            while True:
+                seen += [r.id for r in page.matches]
+                if page.next_cursor is None:
+                    break
+                cursor = ("_cursor", page.next_cursor)
+                page = store.search(parse_search("Patient", [*query, cursor]))
+            pages.append((page.total, seen))
+        sql.close()
+        if pages[0][1] or pages[1][1]:  # two empty answers agree whatever the query means
+            reach.hit()
+        assert pages[0] == pages[1]
+        assert len(set(pages[0][1])) == len(pages[0][1]) == pages[0][0]
+
+    agree()
+    reach.check(minimum=0.65)  # 45/60 of the derandomized searches match something
 
 
 # -- caps on search work, and values that can match nothing --------------------------------------
@@ -295,8 +300,9 @@ def test_dates_outside_the_fhir_forms_are_refused(value: str) -> None:
     ("value", "low", "high"),
     [
         ("9999-12-31", "9999-12-31T00:00:00.000000", "9999-12-31T23:59:59.999999"),
-        ("9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59.999999", "9999-12-31T23:59:59.999999"),
-        ("0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00.000000", "0001-01-01T00:00:00.000000"),
+        # clamped, then widened to its whole second (the blind index compares to the second)
+        ("9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59.000000", "9999-12-31T23:59:59.999999"),
+        ("0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00.000000", "0001-01-01T00:00:00.999999"),
     ],
 )
 def test_dates_at_the_edges_of_the_calendar_are_clamped_not_refused(

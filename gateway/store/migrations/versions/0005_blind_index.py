@@ -1,4 +1,6 @@
 """The blind search index: keyed HMACs instead of values; consent facts sealed per resource.
+Also: ``audit_index`` by seq (``audit verify`` reads it beside the events) and ``audit_noise``
+(unauthenticated refusals counted per minute until folded into the chain).
 
 The old index held names, identifiers, birth dates and codes in clear. It is dropped (it cannot
 be converted without the keys, which migrations never see) and created anew, empty; ``gateway
@@ -57,8 +59,19 @@ def upgrade() -> None:
         only = sa.text(f"{columns[2]} IS NOT NULL")
         op.create_index(name, "search_index", columns, sqlite_where=only, postgresql_where=only)
 
+    op.create_index("ix_audit_index_seq", "audit_index", ["seq"])
+    op.create_table(
+        "audit_noise",
+        sa.Column("minute", sa.String(16), primary_key=True),
+        sa.Column("source", sa.String(64), primary_key=True),
+        sa.Column("reason", sa.String(64), primary_key=True),
+        sa.Column("count", sa.Integer(), nullable=False),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("audit_noise")
+    op.drop_index("ix_audit_index_seq", "audit_index")
     # The clear index is not brought back: run ``gateway db reindex`` on the older release.
     op.drop_table("search_index")
     op.create_table(
