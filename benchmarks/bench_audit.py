@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from gateway.disclose.deps import Requester, fixed_requester
 from gateway.keys import FileKeyRing, init_keys
 from gateway.settings import Settings
 from gateway.store.database import downgrade, make_engine, upgrade
+from gateway.store.port import StoreSession
 from gateway.store.sql import SqlStore
 
 TARGET_APPEND = 5_000
@@ -140,6 +141,14 @@ class NoOpAudit:
 
     def search(self, query: AuditQuery) -> AuditPage:
         return AuditPage([], 0)
+
+    def append_within(
+        self, session: StoreSession, events: Sequence[dict[str, Any]]
+    ) -> Callable[[], None] | None:
+        return None  # nothing to write in the transaction, nothing to run after it
+
+    def note_unauthenticated(self, source: str | None, reason: str) -> None:
+        return None
 
     def close(self) -> None:
         return None

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import timeit
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,7 @@ def bench_search(url: str | None, number: int) -> list[str]:
     from gateway.disclose.deps import Requester
     from gateway.keys import KeyRing, new_encryption_key
     from gateway.store.database import downgrade, make_engine, upgrade
+    from gateway.store.port import SearchPage
     from gateway.store.query import parse_search
 
     clock = FrozenClock(NOW)
@@ -264,7 +266,7 @@ def bench_search(url: str | None, number: int) -> list[str]:
                 who = Requester(partner, kind, f"Organization/{partner}", ALL, ("TREAT",))
                 return ConsentedStore(store, who, rules)
 
-            paths = {
+            paths: dict[str, Callable[[], SearchPage]] = {
                 "unfiltered (raw store)": lambda: store.search(query),
                 "own (shelter, ConsentedStore)": lambda: as_partner(SHELTER, "shelter").search(
                     query

@@ -42,6 +42,8 @@ from gateway.store.database import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from gateway.audit.chain import AuditChain
     from gateway.store.sql import SqlStore
 
@@ -342,6 +344,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
         raise _database_failure(exc) from exc
     try:
         upgrade(engine, revision)
+        stale = _unindexed(engine)
     except CommandError as exc:
         raise _fail(f"cannot upgrade to {revision!r}: {_one_line(exc)}") from exc
     except (SQLAlchemyError, OSError) as exc:
@@ -349,6 +352,23 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     finally:
         engine.dispose()
     console.print(f"database at {revision}")
+    if stale:
+        console.print(
+            f"[yellow]{stale} records predate the blind search index[/yellow]: run "
+            "`gateway db reindex` (until then search finds none of them and consent releases "
+            "none of them)"
+        )
+
+
+def _unindexed(engine: Engine) -> int:
+    """Live records without sealed consent facts (written before migration 0005)."""
+    from sqlalchemy import inspect, text
+
+    if "facts" not in {c["name"] for c in inspect(engine).get_columns("resources")}:
+        return 0
+    with engine.connect() as conn:
+        query = text("SELECT count(*) FROM resources WHERE NOT deleted AND facts IS NULL")
+        return int(conn.execute(query).scalar_one())
 
 
 @db_app.command("reindex")

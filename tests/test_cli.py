@@ -311,3 +311,19 @@ def test_serve_respawns_workers_bounds_shutdown_and_header_reads_and_cleans_its_
     assert seen["http1_settings"].header_read_timeout == 3000  # type: ignore[attr-defined]
     assert seen["metrics_dir_mode"] == 0o700  # private to the gateway's user
     assert not Path(str(seen["metrics_dir"])).exists()  # removed when the server stopped
+
+
+def test_db_upgrade_says_when_records_predate_the_blind_index_and_reindex_settles_it(
+    env: Path,
+) -> None:
+    import sqlite3
+
+    assert runner.invoke(app, ["demo"]).exit_code == 0
+    with sqlite3.connect(env / "cli.db") as conn:  # what migration 0005 leaves of older rows
+        conn.execute("UPDATE resources SET facts = NULL, facts_key = NULL")
+    upgraded = runner.invoke(app, ["db", "upgrade"])
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "predate the blind search index" in upgraded.output
+    assert runner.invoke(app, ["db", "reindex"]).exit_code == 0
+    again = runner.invoke(app, ["db", "upgrade"])
+    assert "predate" not in again.output

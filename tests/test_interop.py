@@ -194,10 +194,10 @@ def test_client_creates_patient_and_reads_it_back(client: SyncFHIRClient) -> Non
     assert patient["name"][0]["text"] == "María José Álvarez"
 
     by_reference = client.reference("Patient", patient.id).to_resource()
-    assert by_reference.serialize() == patient.serialize()
+    assert by_reference.serialize() == patient.serialize()  # type: ignore[no-untyped-call]
 
     by_search = client.resources("Patient").search(_id=patient.id).fetch()
-    assert [p.serialize() for p in by_search] == [patient.serialize()]
+    assert [p.serialize() for p in by_search] == [patient.serialize()]  # type: ignore[no-untyped-call]
     assert by_search[0]["name"][0]["family"] == "Álvarez"
     assert by_search[0]["identifier"][0] == {
         "use": "usual",

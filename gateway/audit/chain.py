@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Select, delete, func, insert, select
+from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -314,34 +314,31 @@ class AuditChain:
                 yield conn
 
     def _fold_noise(self, conn: Connection, *, before: str | None) -> AfterCommit | None:
-        closed = select(NOISE).order_by(NOISE.c.minute, NOISE.c.source, NOISE.c.reason)
+        keys = (NOISE.c.minute, NOISE.c.source, NOISE.c.reason)
+        closed = select(*keys).order_by(*keys).limit(NOISE_BATCH)
         if before is not None:
             closed = closed.where(NOISE.c.minute < before)
         if conn.execute(closed.limit(1)).first() is None:
             return None
-        if self._postgres:  # lock first, then read: a concurrent fold finds nothing left
+        if self._postgres:  # the chain's lock: this fold's events append in order
             conn.execute(select(func.pg_advisory_xact_lock(APPEND_LOCK)))
-        rows = conn.execute(closed.limit(NOISE_BATCH)).all()
-        if not rows:
+        # Taken by DELETE … RETURNING: the count folded is the count removed, even when a
+        # refusal of that minute is counted concurrently (it waits for the row, or finds it
+        # gone and starts a new one, folded next time). Never read-then-delete: that loses it.
+        taken = conn.execute(
+            delete(NOISE).where(tuple_(*keys).in_(closed)).returning(*keys, NOISE.c.count)
+        ).all()
+        if not taken:
             return None
         now = self._clock.now()
         events = [
             aggregated_refusals(
-                source_address=row.source, reason=row.reason, minute=row.minute,
-                count=row._mapping["count"], recorded=now, site=self._site,
+                source_address=source, reason=reason, minute=minute, count=int(count),
+                recorded=now, site=self._site,
             )
-            for row in rows
+            for minute, source, reason, count in sorted(taken)
         ]  # fmt: skip
-        after = self._append_on(conn, events)
-        for row in rows:
-            conn.execute(
-                delete(NOISE).where(
-                    NOISE.c.minute == row.minute,
-                    NOISE.c.source == row.source,
-                    NOISE.c.reason == row.reason,
-                )
-            )
-        return after
+        return self._append_on(conn, events)
 
     def anchor_committed(self, checkpoints: list[Checkpoint]) -> None:
         """File checkpoints whose transaction has committed (and any an earlier commit could

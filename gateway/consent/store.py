@@ -535,7 +535,9 @@ class ConsentedSession:
             )
         ]
         included = [r for r, _ in pairs]
-        if not query.held_only:  # a conditional create's lookup discloses nothing
+        # A conditional create's lookup that matched answers with the record it found: that is
+        # a disclosure (to its holder) like any read; one that matched nothing discloses nothing.
+        if not query.held_only or page.matches:
             self._trail.add(
                 Activity(
                     "search-type",

@@ -415,11 +415,17 @@ class SqlSession(SearchSql):
     def reindex_batch(self, after_rid: int, batch_size: int) -> tuple[int, int]:
         """Re-extract the index of the live resources after ``after_rid``; returns the last
         rid done and how many were done."""
-        rows = self.conn.execute(
+        batch = (
             CURRENT_VERSION.where(R.c.rid > after_rid, R.c.deleted == false())
             .order_by(R.c.rid)
             .limit(batch_size)
-        ).all()
+        )
+        if self._postgres:
+            # The heads are locked as a write locks them (first, then the index): a write
+            # racing the reindex waits for it, and can neither deadlock with it nor have its
+            # new index and facts overwritten by the old version's. (SQLite: BEGIN IMMEDIATE.)
+            batch = batch.with_for_update(of=R)
+        rows = self.conn.execute(batch).all()
         if not rows:
             return after_rid, 0
         rids = [row.rid for row in rows]
@@ -432,7 +438,9 @@ class SqlSession(SearchSql):
                 self._ring, row.resource_type, row.id, row.version_id, entries
             )
             self.conn.execute(
-                update(R).where(R.c.rid == row.rid).values(facts_key=key_id, facts=sealed)
+                update(R)
+                .where(R.c.rid == row.rid, R.c.version_id == row.version_id)
+                .values(facts_key=key_id, facts=sealed)
             )
         if index_rows:
             self.conn.exec_driver_sql(self._sql.insert_index, index_rows)

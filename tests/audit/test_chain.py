@@ -231,7 +231,7 @@ def test_two_gateways_on_one_database_share_one_chain(
         checkpoint_file=checkpoint_file,  # one host, one file
     )
     threads = [
-        threading.Thread(target=lambda c=c: [c.append([event(i)]) for i in range(60)])  # type: ignore[misc]
+        threading.Thread(target=lambda c=c: [c.append([event(i)]) for i in range(60)])
         for c in (chain, other, chain, other)
     ]
     for t in threads:

@@ -75,3 +75,55 @@ def _events_after_close(
 ) -> list[tuple[str, str, int]]:
     with TestClient(create_app(settings, store=store, clock=clock), base_url=BASE) as client:
         return _aggregates(client)
+
+
+def test_counting_while_another_worker_folds_loses_no_refusal(
+    sql_store: SqlStore, tmp_path: Any
+) -> None:
+    """Workers on both sides of a minute boundary (one already folding minute M, others still
+    counting into it) on their own connections: every count ends up in exactly one event."""
+    import threading
+    from datetime import UTC, datetime
+
+    from gateway.audit.chain import AuditChain
+    from gateway.audit.checkpoints import CheckpointSigner
+    from gateway.keys import init_keys
+    from gateway.store.database import make_engine
+
+    keys = tmp_path / "keys"
+    init_keys(keys, datetime.now(UTC))
+    url = sql_store.engine.url.render_as_string(hide_password=False)
+    late = datetime(2026, 12, 2, 10, 0, 59, tzinfo=UTC)
+    engines = [make_engine(url, pool_size=2) for _ in range(4)]
+    chains = [
+        AuditChain(
+            engines[n],
+            CheckpointSigner.from_keys_dir(keys),
+            FrozenClock(late + timedelta(seconds=2 * (n % 2))),  # 10:00:59 or 10:01:01
+        )
+        for n in range(4)
+    ]
+
+    def knock(chain: AuditChain) -> None:
+        for _ in range(150):
+            chain.note_unauthenticated("203.0.113.9", "token:missing")
+
+    threads = [threading.Thread(target=knock, args=(c,)) for c in chains]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    chains[0].fold_noise()
+    events = [orjson.loads(row[2]) for row in chains[0].rows()]
+    counts = [
+        e["valueInteger"]
+        for event in events
+        for ext in event.get("extension", [])
+        for e in ext["extension"]
+        if e["url"] == "count"
+    ]
+    for chain, engine in zip(chains, engines, strict=True):
+        chain.close()
+        engine.dispose()
+    assert sum(counts) == 600
+    assert _counted(sql_store) == 0

@@ -336,7 +336,7 @@ def test_no_consent_releases_nothing() -> None:
     assert d.consent is None
 
 
-def test_shelter_referral_to_clinic_with_treatment_only_consent_releases_careplan_for_treat_only():
+def test_shelter_referral_to_clinic_with_treat_only_consent_releases_plan_for_treat_only() -> None:
     c = consent(prov(actors=[CLINIC_ORG], purposes=["TREAT"], classes=["CarePlan"]))
     plan = facts(careplan())
     assert check(CLINIC_TREAT, plan, c).permit
@@ -1012,7 +1012,13 @@ CODES = [(SCT, "409063005"), (SCT, "308440001"), (SCT, "734163000")]
 DATES = ["2025-01-01", "2026-06-01", "2026-11-01", "2026-12-31", "2027-06-01"]
 REFS = ["ServiceRequest/sr1", "Task/t1", "CarePlan/cp1", CLINIC_ORG, SHELTER_ORG]
 
-periods = st.tuples(st.sampled_from(DATES), st.sampled_from(DATES)).map(lambda t: tuple(sorted(t)))
+
+def _in_order(pair: tuple[str, str]) -> tuple[str, str]:
+    start, end = sorted(pair)
+    return (start, end)
+
+
+periods = st.tuples(st.sampled_from(DATES), st.sampled_from(DATES)).map(_in_order)
 
 
 def _rarely(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -1463,7 +1469,12 @@ FACT_VALUES = {
 @st.composite
 def record_docs(draw: st.DrawFn) -> dict[str, Any]:
     rtype = draw(st.sampled_from(["CarePlan", "ServiceRequest", "Task"]))
-    doc = {"CarePlan": careplan, "ServiceRequest": referral, "Task": task}[rtype]()
+    builders: dict[str, Callable[[], dict[str, Any]]] = {
+        "CarePlan": careplan,
+        "ServiceRequest": referral,
+        "Task": task,
+    }
+    doc = builders[rtype]()
     for fact, values in FACT_VALUES.items():
         doc = _with_fact(doc, fact, draw(values))
     return doc
@@ -1483,7 +1494,7 @@ TESTED_BY = {
 def exceptions(draw: st.DrawFn, kind: str | None = None) -> dict[str, Any]:
     """A nested permit or deny that tests one fact, with a value from the records' own pools."""
     kind = kind or draw(st.sampled_from(sorted(set(TESTED_BY.values()))))
-    value: dict[str, Any] = {
+    makers: dict[str, Callable[[], dict[str, Any]]] = {
         "codes": lambda: {"codes": [draw(st.sampled_from(CODES))]},
         "data_period": lambda: {"data_period": draw(periods)},
         "labels": lambda: {
@@ -1497,7 +1508,8 @@ def exceptions(draw: st.DrawFn, kind: str | None = None) -> dict[str, Any]:
                 )
             ]
         },
-    }[kind]()
+    }
+    value = makers[kind]()
     return prov(draw(st.sampled_from(["deny", "permit"])), actions=None, **value)
 
 

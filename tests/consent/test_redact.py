@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.consent.policy import Obligation, load_policy
-from gateway.consent.redact import INLINE_LABEL, may_change, redact
+from gateway.consent.redact import may_change, redact
 from gateway.store.records import canonical
+from gateway.vocabulary.security import INLINE_LABEL
 from tests.support.reach import Reach
 
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "consent_policies")

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import pytest
 
 from gateway.clock import FrozenClock
 from gateway.errors import Conflict, Gone, NotFound, PreconditionFailed
-from gateway.store.port import ResourceStore
+from gateway.store.port import ResourceStore, StoredResource
 from gateway.store.query import Cursor, Visibility, parse_search
 from tests.support.records import care_plan, organization, patient, referral, task
 
 
-def body(stored: object) -> dict:  # type: ignore[type-arg]
-    return orjson.loads(stored.body)  # type: ignore[attr-defined]
+def body(stored: StoredResource) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(stored.body)
+    return data
 
 
 def ids(page: object) -> list[str]:

@@ -46,7 +46,8 @@ def entities(event: dict[str, Any], role: str) -> list[str]:
 
 
 def requestor(event: dict[str, Any]) -> dict[str, Any]:
-    (agent,) = [a for a in event["agent"] if a["requestor"]]
+    agents: list[dict[str, Any]] = [a for a in event["agent"] if a["requestor"]]
+    (agent,) = agents
     return agent
 
 
@@ -391,3 +392,25 @@ def test_each_interaction_writes_exactly_the_expected_events(
         for e in new_events(shelter, before)
     ]
     assert got == expected
+
+
+def test_a_conditional_create_that_matches_is_audited_as_the_disclosure_it_is(
+    shelter: TestClient, shelter_record: dict[str, str]
+) -> None:
+    doc = patient("Okafor", "Amina", mrn="RSH-COND-1")
+    first = shelter.post(
+        "/fhir/Patient",
+        content=orjson.dumps(doc),
+        headers={**FHIR, "If-None-Exist": "identifier=RSH-COND-1"},
+    )
+    assert first.status_code == 201
+    before = len(audit_log(shelter))
+    again = shelter.post(
+        "/fhir/Patient",
+        content=orjson.dumps(doc),
+        headers={**FHIR, "If-None-Exist": "identifier=RSH-COND-1"},
+    )
+    assert again.status_code == 200  # the record it found, in the answer
+    (event,) = new_events(shelter, before)
+    assert "search-type" in subtypes(event)
+    assert entities(event, "4") == [f"Patient/{first.json()['id']}/_history/1"]

@@ -7,6 +7,7 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from tests.support.records import patient
 
 
 @pytest.fixture
-def captured_logs(client: TestClient) -> io.StringIO:
+def captured_logs(client: TestClient) -> Iterator[io.StringIO]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
@@ -37,7 +38,7 @@ def captured_logs(client: TestClient) -> io.StringIO:
     logger.addHandler(handler)
     previous = logger.level
     logger.setLevel(logging.INFO)
-    yield stream  # type: ignore[misc]
+    yield stream
     logger.removeHandler(handler)
     logger.setLevel(previous)
 

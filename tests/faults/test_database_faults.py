@@ -96,8 +96,8 @@ def bounded(
         engine = make_engine(f"sqlite:///{path}", timeouts=BOUNDS)
         upgrade(engine)
 
-        def lock(_table: str) -> AbstractContextManager[None]:
-            return _sqlite_lock(path)
+        def lock(table: str) -> AbstractContextManager[None]:
+            return _sqlite_lock(path)  # SQLite locks the whole database, not one table
 
     else:
         url = request.getfixturevalue("postgres_url")

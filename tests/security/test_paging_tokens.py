@@ -18,7 +18,8 @@ from tests.support.records import care_plan, patient
 def _next(bundle: dict[str, object]) -> str:
     links = bundle["link"]
     assert isinstance(links, list)
-    return next(link["url"] for link in links if link["relation"] == "next")
+    url: str = next(link["url"] for link in links if link["relation"] == "next")
+    return url
 
 
 def _cursor(url: str) -> str:

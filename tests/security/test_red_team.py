@@ -18,10 +18,11 @@ Findings (by severity):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
@@ -262,7 +263,7 @@ def _tx(method: str, url: str) -> bytes:
     return orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
 
 
-DOORS = {
+DOORS: dict[str, Callable[[TestClient, str], httpx.Response]] = {
     "post _search _id": lambda c, i: c.post("/fhir/CarePlan/_search", content=f"_id={i}",
                                             headers=FORM),
     "post _search revinclude": lambda c, i: c.post(

@@ -13,6 +13,7 @@ with a release in place and an attack that got something written (most examples,
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,8 @@ def attacks(
                 doc["provision"] = {"type": "deny", "period": doc["provision"]["period"]}
             out.append(("POST", "/fhir/Consent", doc, {}))
         elif kind == "record":
-            maker = draw(st.sampled_from([care_plan, referral]))
+            makers: list[Callable[..., dict[str, Any]]] = [care_plan, referral]
+            maker = draw(st.sampled_from(makers))
             out.append(("POST", f"/fhir/{maker(survivor)['resourceType']}", maker(survivor), {}))
         elif kind == "person":
             doc = patient("Álvarez", "María", mrn=f"X-{uuid.uuid4().hex[:6]}", hmis=hmis)

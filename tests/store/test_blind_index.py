@@ -185,3 +185,54 @@ def test_a_database_upgraded_but_not_reindexed_is_counted_and_reindex_restores_s
     assert sum(sql_store.reindex()) == 1
     assert sql_store.count_unindexed() == 0
     assert [r.id for r in sql_store.search(query).matches] == [amina.id]
+
+
+def test_the_blind_values_are_hmac_sha256_truncated_to_128_bits(key_ring: KeyRing) -> None:
+    import hashlib
+    import hmac
+
+    from gateway.store.blind import CODE, INFO, Blinder, scope_of
+
+    blinder = Blinder.from_ring(key_ring)
+    scope = scope_of("Patient", "identifier")
+    secret = key_ring.derive_for(key_ring.active, INFO)
+    expected = hmac.new(secret, CODE + scope + b"RSH-2", hashlib.sha256).digest()[:16].hex()
+    assert blinder.value(CODE, scope, "RSH-2") == expected
+    assert len(expected) == 32
+
+
+def test_a_write_racing_db_reindex_keeps_its_own_index_and_facts(
+    sql_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The survivor changes her name while the index is rebuilt: her old name must not stay
+    searchable (a name changed to hide is the point), and her facts must open."""
+    import threading
+    import time
+
+    import gateway.store.sql_session as session_module
+
+    amina = sql_store.create(patient("Okafor", "Amina"))
+    real_extract = getattr(session_module, "extract")  # noqa: B009 (the name patched below)
+    writer: list[threading.Thread] = []
+
+    def extract_then_race(resource: dict[str, Any]) -> Any:
+        if not writer:  # the first record reindexed: a write to it arrives now
+            renamed = {**patient("Smith", "Amina"), "id": amina.id}
+            thread = threading.Thread(
+                target=lambda: sql_store.update("Patient", amina.id, renamed, if_match=None)
+            )
+            writer.append(thread)
+            thread.start()
+            time.sleep(0.3)  # long enough for an unlocked update to commit
+        return real_extract(resource)
+
+    monkeypatch.setattr(session_module, "extract", extract_then_race)
+    assert sum(sql_store.reindex()) == 1
+    writer[0].join(timeout=10)
+    monkeypatch.undo()
+    assert sql_store.read("Patient", amina.id).version_id == 2
+    old = parse_search("Patient", [("family", "okafor")])
+    new = parse_search("Patient", [("family", "smith")])
+    assert sql_store.search(old).matches == []
+    assert [r.id for r in sql_store.search(new).matches] == [amina.id]
+    assert sql_store.count_unindexed() == 0

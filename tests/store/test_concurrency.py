@@ -47,7 +47,7 @@ def test_optimistic_writers_never_lose_an_update(sql_store: SqlStore) -> None:
 def test_racing_creates_of_one_id_make_one_resource(sql_store: SqlStore) -> None:
     def create(_: int) -> str:
         try:
-            _, created = sql_store.update(
+            _stored, created = sql_store.update(
                 "Organization",
                 "harbor-clinic",
                 organization("harbor-clinic", "Harbor"),

@@ -154,7 +154,7 @@ def _admin(sql: str, database: str | None = None) -> None:
     with psycopg.connect(
         admin_url(url.render_as_string(hide_password=False)), autocommit=True
     ) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute(sql)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_the_printed_script_run_by_the_owner_grants_what_apply_grants(
     """Piping `gateway db grants ROLE` into psql is the same as --apply."""
     with psycopg.connect(admin_url(granted.owner_url), autocommit=True) as conn:
         for statement in _statements(grants_sql(temporary_role)):
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
         held = conn.execute(
             "SELECT table_name, string_agg(privilege_type, ',' ORDER BY privilege_type) "
             "FROM information_schema.role_table_grants WHERE grantee = %s GROUP BY table_name",
