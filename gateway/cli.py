@@ -362,13 +362,14 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
 def _unindexed(engine: Engine) -> int:
     """Live records without sealed consent facts (written before migration 0005)."""
-    from sqlalchemy import inspect, text
+    from sqlalchemy import inspect
+
+    from gateway.store.sql_rows import count_unindexed
 
     if "facts" not in {c["name"] for c in inspect(engine).get_columns("resources")}:
         return 0
     with engine.connect() as conn:
-        query = text("SELECT count(*) FROM resources WHERE NOT deleted AND facts IS NULL")
-        return int(conn.execute(query).scalar_one())
+        return count_unindexed(conn)
 
 
 @db_app.command("reindex")

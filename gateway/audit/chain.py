@@ -142,7 +142,12 @@ class _Batch:
     error: BaseException | None = None
 
 
-_CHECKPOINT_COLUMNS = ("seq", "hash", "signed_at", "key_id", "signature")
+@dataclass
+class _Linked:
+    first: int  # the seq of the first event
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    index: list[tuple[Any, ...]] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,34 +246,32 @@ class AuditChain:
 
     def _append_on(self, conn: Connection, events: Sequence[dict[str, Any]]) -> AfterCommit:
         recorded = stamp(self._clock.now())
+        sql = self._sql
         if self._postgres:
-            conn.execute(select(func.pg_advisory_xact_lock(APPEND_LOCK)))
-        last = conn.execute(select(AL.c.seq, AL.c.hash).order_by(AL.c.seq.desc()).limit(1)).first()
+            conn.exec_driver_sql(sql.lock, (APPEND_LOCK,))
+        last = conn.exec_driver_sql(sql.head).first()
+        linked = self._link([(recorded, canonical_event(e), index_values(e)) for e in events], last)
+        conn.exec_driver_sql(sql.insert_rows, linked.rows)
+        if linked.index:
+            conn.exec_driver_sql(sql.insert_index, linked.index)
+        if linked.checkpoints:
+            conn.exec_driver_sql(sql.insert_checkpoint, [c.row() for c in linked.checkpoints])
+        return AfterCommit(self, linked.checkpoints)
+
+    def _link(self, events: list[tuple[str, bytes, list[tuple[str, str]]]], last: Any) -> _Linked:
+        """Chain prepared events after the log's head ``last`` (``(seq, hash)`` or None): their
+        rows, index rows and the checkpoints due. Both append paths write what this returns."""
         seq, prev = (int(last[0]), bytes.fromhex(last[1])) if last else (0, GENESIS)
-        rows: list[dict[str, Any]] = []
-        index: list[dict[str, Any]] = []
-        checkpoints: list[Checkpoint] = []
-        for event in events:
+        linked = _Linked(seq + 1)
+        for recorded, event, values in events:
             seq += 1
-            body = canonical_event(event)
-            digest = chain_hash(prev, seq, recorded, body)
-            rows.append(
-                {"seq": seq, "recorded": recorded, "event": body.decode(),
-                 "prev_hash": prev.hex(), "hash": digest.hex()}
-            )  # fmt: skip
-            index += [{"seq": seq, "param": p, "value": v} for p, v in index_values(event)]
+            digest = chain_hash(prev, seq, recorded, event)
+            linked.rows.append((seq, recorded, event.decode(), prev.hex(), digest.hex()))
+            linked.index += [(seq, p, v) for p, v in values]
             prev = digest
             if seq % self._every == 0:
-                checkpoints.append(self._signer.sign(seq, digest.hex(), recorded))
-        conn.execute(insert(AL), rows)
-        if index:
-            conn.execute(insert(AI), index)
-        if checkpoints:
-            conn.execute(
-                insert(CP),
-                [dict(zip(_CHECKPOINT_COLUMNS, c.row(), strict=True)) for c in checkpoints],
-            )
-        return AfterCommit(self, checkpoints)
+                linked.checkpoints.append(self._signer.sign(seq, digest.hex(), recorded))
+        return linked
 
     # -- unauthenticated noise ----------------------------------------------------------------
 
@@ -381,22 +384,11 @@ class AuditChain:
             else:
                 cur.execute("BEGIN IMMEDIATE")
             cur.execute(sql.head)
-            last = cur.fetchone()
-            seq, prev = (int(last[0]), bytes.fromhex(last[1])) if last else (0, GENESIS)
-            first = seq + 1
-            rows: list[tuple[Any, ...]] = []
-            index: list[tuple[Any, ...]] = []
-            for recorded, event, values in events:
-                seq += 1
-                digest = chain_hash(prev, seq, recorded, event)
-                rows.append((seq, recorded, event.decode(), prev.hex(), digest.hex()))
-                index += [(seq, p, v) for p, v in values]
-                prev = digest
-                if seq % self._every == 0:
-                    checkpoints.append(self._signer.sign(seq, digest.hex(), recorded))
-            cur.executemany(sql.insert_rows, rows)
-            if index:
-                cur.executemany(sql.insert_index, index)
+            linked = self._link(events, cur.fetchone())
+            first, checkpoints = linked.first, linked.checkpoints
+            cur.executemany(sql.insert_rows, linked.rows)
+            if linked.index:
+                cur.executemany(sql.insert_index, linked.index)
             if checkpoints:
                 cur.executemany(sql.insert_checkpoint, [c.row() for c in checkpoints])
                 with self._anchoring():

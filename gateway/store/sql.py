@@ -43,6 +43,7 @@ from gateway.store.query import (
 from gateway.store.schema import resource_versions as V
 from gateway.store.schema import resources as R
 from gateway.store.sql_rows import (
+    count_unindexed,
     located_row,
     open_version,
 )
@@ -280,12 +281,7 @@ class SqlStore:
         """Live resources without sealed facts: written before the blind index (migration
         0005) and not reindexed since. Search under consent releases none of them."""
         with self._session(write=False, op="count") as s:
-            count: int = s.conn.execute(
-                select(func.count())
-                .select_from(R)
-                .where(R.c.deleted == false(), R.c.facts.is_(None))
-            ).scalar_one()
-            return count
+            return count_unindexed(s.conn)
 
     def count_live(self) -> int:
         with self._session(write=False, op="count") as s:

@@ -6,10 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    and_,
-    select,
-)
+from sqlalchemy import Connection, and_, false, func, select
 
 from gateway.errors import (
     ServiceUnavailable,
@@ -75,3 +72,12 @@ def stored_version(v: PreparedVersion, contributor: str | None) -> StoredResourc
     return StoredResource(
         v.resource_type, v.id, v.version_id, v.last_updated, False, v.body, contributor
     )
+
+
+def count_unindexed(conn: Connection) -> int:
+    """Live records without sealed consent facts: written before the blind index (migration
+    0005) and not reindexed since; search finds none of them and consent releases none."""
+    count: int = conn.execute(
+        select(func.count()).select_from(R).where(R.c.deleted == false(), R.c.facts.is_(None))
+    ).scalar_one()
+    return count
