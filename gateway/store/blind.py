@@ -66,10 +66,6 @@ class Blinder:
     def from_ring(cls, ring: KeyRing) -> Blinder:
         return cls({k: ring.derive_for(k, INFO) for k in ring.key_ids}, ring.active)
 
-    @property
-    def key_ids(self) -> list[str]:
-        return list(self._keys)
-
     def value(self, domain: bytes, scope: bytes, clear: str, key_id: str | None = None) -> str:
         inner_state, outer_state = self._keys[key_id or self.active]
         inner = inner_state.copy()
@@ -81,7 +77,7 @@ class Blinder:
 
     def every(self, domain: bytes, scope: bytes, clear: str) -> list[str]:
         """The blind value under each key of the ring (a search's side)."""
-        return [self.value(domain, scope, clear, k) for k in self._keys]
+        return self.many(domain, scope, (clear,))
 
     def many(self, domain: bytes, scope: bytes, clears: Iterable[str]) -> list[str]:
         return [self.value(domain, scope, c, k) for c in clears for k in self._keys]
