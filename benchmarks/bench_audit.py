@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.databases import add_postgres_options, bench_postgres_url
+from gateway.access.requester import Requester
 from gateway.app import create_app
 from gateway.audit.chain import (
     AuditChain,
@@ -42,12 +43,13 @@ from gateway.audit.chain import (
     public_key_path,
 )
 from gateway.clock import SystemClock
-from gateway.disclose.deps import Requester, fixed_requester
+from gateway.disclose.deps import fixed_requester
 from gateway.keys import FileKeyRing, init_keys
 from gateway.settings import Settings
 from gateway.store.database import downgrade, make_engine, upgrade
 from gateway.store.port import StoreSession
 from gateway.store.sql import SqlStore
+from tests.support.valid import valid
 
 TARGET_APPEND = 5_000
 TARGET_VERIFY = 100_000
@@ -186,11 +188,9 @@ def bench_read(tmp: Path, keys: Path, reads: int, in_flight: int) -> tuple[str, 
     engine = make_engine(settings.database_url)
     upgrade(engine)
     store = SqlStore(engine, FileKeyRing(keys), SystemClock())
-    survivor = store.create(
-        {"resourceType": "Patient", "name": [{"family": "Álvarez", "given": ["María"]}],
-         "birthDate": "1994-03-17"},
-        contributor="riverside-shelter",
-    )  # fmt: skip
+    maria = {"resourceType": "Patient", "name": [{"family": "Álvarez", "given": ["María"]}],
+             "birthDate": "1994-03-17"}  # fmt: skip
+    survivor = store.create(valid(maria, "riverside-shelter"))
     path = f"/fhir/Patient/{survivor.id}"
     audited = create_app(settings, store=store, authenticate=fixed_requester(SHELTER))
     unaudited = create_app(

@@ -45,6 +45,7 @@ from gateway.consent.engine import AccessRequest, ResourceFacts, decide
 from gateway.consent.model import ParsedConsent, parse_consent
 from gateway.consent.policy import load_policy
 from gateway.store.sql import SqlStore
+from tests.support.valid import valid, valid_all
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = load_policy(ROOT / "consent_policies")
@@ -221,19 +222,19 @@ def seed(store: SqlStore, others: int = 9) -> str:
             plan["id"] = str(uuid.uuid4())
             plan["meta"] = {"security": [{"system": CONFIDENTIALITY, "code": "R"}]}
             batch.append(plan)
-        store.write_many(batch, contributor=SHELTER)
+        store.write_many(valid_all(batch, SHELTER))
     consent = release_consent(ids[0], recipient=f"Organization/{CLINIC}")
-    store.create(consent, contributor=SHELTER)
+    store.create(valid(consent, SHELTER))
     return ids[0]
 
 
 def bench_search(url: str | None, number: int) -> list[str]:
     from sqlalchemy import text
 
+    from gateway.access.requester import Requester
     from gateway.clock import FrozenClock
     from gateway.consent.labels import load_label_tables
     from gateway.consent.store import ConsentedStore, ConsentRules
-    from gateway.disclose.deps import Requester
     from gateway.keys import KeyRing, new_encryption_key
     from gateway.store.database import downgrade, make_engine, upgrade
     from gateway.store.port import SearchPage

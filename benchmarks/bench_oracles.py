@@ -71,6 +71,7 @@ from gateway.keys import FileKeyRing, init_keys
 from gateway.store.database import downgrade, make_engine, upgrade
 from gateway.store.sql import SqlStore
 from tests.support.records import SNOMED, care_plan, patient, referral, task
+from tests.support.valid import valid_all
 
 FACTORY = "tests.support.trusted_app:build"
 SHELTER = "riverside-shelter"
@@ -139,7 +140,7 @@ def seed(store: SqlStore, needed: int, rng: random.Random, requester: str) -> Se
                 batch.append(sr)
                 batch.append({**task(sr["id"], pid), "id": str(uuid.uuid4())})
                 referral_no += 1
-        store.write_many(batch, contributor=SHELTER)
+        store.write_many(valid_all(batch, SHELTER))
     own = [
         {
             **patient("Okafor", "Adaeze", mrn=f"HC-{n:06d}", birth_date="1989-06-02"),
@@ -149,7 +150,7 @@ def seed(store: SqlStore, needed: int, rng: random.Random, requester: str) -> Se
     ]
     for doc in own:
         doc["identifier"][0]["system"] = CLINIC_MRN
-    store.write_many(own, contributor=requester)
+    store.write_many(valid_all(own, requester))
     rng.shuffle(plan_ids)
     rng.shuffle(hmis)
     plans = {s: plan_ids[i * needed : (i + 1) * needed] for i, s in enumerate(SCENARIOS[:4])}

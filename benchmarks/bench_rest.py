@@ -67,12 +67,15 @@ from benchmarks.baseline_apps import DATA_ENV
 from benchmarks.databases import DEFAULT_POSTGRES
 from benchmarks.fhir_data import care_plan, patient
 from benchmarks.servers import Server, granian, http_get, tree_rss
+from gateway.access.requester import Requester
 from gateway.clock import SystemClock
 from gateway.consent.labels import LabelTables, labels_for, load_label_tables
+from gateway.consent.store import ConsentedStore
 from gateway.disclose.interactions import Interactions, Prefer
 from gateway.keys import FileKeyRing, init_keys
 from gateway.store.database import downgrade, make_engine, upgrade
 from gateway.store.sql import SqlStore
+from tests.support.valid import valid_all
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY_FACTORY = "benchmarks.partner_app:build"
@@ -196,7 +199,7 @@ def seed_released(
         for start in range(0, survivors, 250):
             numbers = range(start, min(start + 250, survivors))
             people = [_labelled(patient(rng, 20_000 + n), SHELTER_KIND, tables) for n in numbers]
-            stored = store.write_many(people, contributor=SHELTER)
+            stored = store.write_many(valid_all(people, SHELTER))
             docs: list[dict[str, Any]] = []
             for p in stored:
                 ref = f"Patient/{p.id}"
@@ -212,17 +215,19 @@ def seed_released(
                         tables,
                     )
                 )
-            for written in store.write_many(docs, contributor=SHELTER):
+            for written in store.write_many(valid_all(docs, SHELTER)):
                 if written.resource_type == "CarePlan":
                     plans[written.id] = written.body.decode()
             progress.advance(task, len(numbers))
     # The control: a survivor of the shelter's who released nothing.
     alone = store.write_many(
-        [_labelled(patient(rng, 29_999), SHELTER_KIND, tables)], contributor=SHELTER
+        valid_all([_labelled(patient(rng, 29_999), SHELTER_KIND, tables)], SHELTER)
     )[0]
     hidden = store.write_many(
-        [_labelled(care_plan(rng, 29_999, f"Patient/{alone.id}"), SHELTER_KIND, tables)],
-        contributor=SHELTER,
+        valid_all(
+            [_labelled(care_plan(rng, 29_999, f"Patient/{alone.id}"), SHELTER_KIND, tables)],
+            SHELTER,
+        )
     )[0]
     return plans, subject, hidden.id
 
@@ -246,7 +251,7 @@ def seed(
             stored_patients = []
             for start in range(0, patients, 500):
                 batch = [patient(rng, n) for n in range(start, min(start + 500, patients))]
-                stored_patients += store.write_many(batch, contributor=OWNER)
+                stored_patients += store.write_many(valid_all(batch, OWNER))
                 progress.advance(task, len(batch))
             ids = [p.id for p in stored_patients]
             subject = f"Patient/{ids[0]}"
@@ -255,7 +260,7 @@ def seed(
             docs += [care_plan(rng, 10_000 + n, f"Patient/{i}") for n, i in enumerate(ids[1:301])]
             task = progress.add_task("seeding CarePlans", total=len(docs))
             for start in range(0, len(docs), 500):
-                store.write_many(docs[start : start + 500], contributor=OWNER)
+                store.write_many(valid_all(docs[start : start + 500], OWNER))
                 progress.advance(task, len(docs[start : start + 500]))
         released, released_subject, hidden_id = seed_released(
             store, rng, args.released, args.released_plans, console
@@ -271,7 +276,11 @@ def seed(
         if len(page.matches) != SEARCH_COUNT:
             raise RuntimeError(f"the search matched {len(page.matches)}, not {SEARCH_COUNT}")
         bundle = interactions.search(
-            store, "CarePlan", params, prefer=Prefer(), now=SystemClock().now()
+            ConsentedStore(store, Requester(SHELTER, "shelter", scopes=("system/*.cruds",))),
+            "CarePlan",
+            params,
+            prefer=Prefer(),
+            now=SystemClock().now(),
         ).body
         assert bundle is not None
         self_url = orjson.loads(bundle)["link"][0]["url"]

@@ -35,8 +35,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from benchmarks.baseline_apps import FHIR_JSON, _load, _not_found, bare_app
+from gateway.access.requester import Requester
 from gateway.app import create_app
-from gateway.disclose.deps import Requester, fixed_requester
+from gateway.disclose.deps import fixed_requester
 from gateway.settings import Settings
 
 DEFAULT_KINDS = "riverside-shelter:shelter,harbor-clinic:clinic"

@@ -23,7 +23,7 @@ from gateway.audit.trail import AuditLog, MemoryAuditLog
 from gateway.clock import Clock, SystemClock
 from gateway.consent.labels import load_label_tables
 from gateway.consent.policy import load_policy
-from gateway.consent.store import ConsentRules
+from gateway.consent.store import ConsentRules, StoreAccess
 from gateway.disclose.auth import (
     MemoryReplayGuard,
     ReplayGuard,
@@ -109,27 +109,27 @@ def create_app(
             if isinstance(the_store, SqlStore)
             else MemoryAuditLog(failing=True)
         )
+    rules = ConsentRules(
+        policy=load_policy(settings.policies_dir),
+        clock=clock,
+        partner_kinds=dict(partner_kinds or {})
+        | ({p.id: p.kind for p in tokens.directory} if tokens is not None else {}),
+        labels=load_label_tables(settings.policies_dir),
+        partner_organizations=(
+            {p.id: p.organization for p in tokens.directory} if tokens is not None else {}
+        ),
+        paging=(
+            CursorSeal.from_ring(the_store.key_ring())
+            if isinstance(the_store, SqlStore)
+            else CursorSeal.ephemeral()
+        ),
+    )
     ctx = GatewayContext(
         settings=settings,
-        store=the_store,
+        stores=StoreAccess(the_store, rules),
         clock=clock,
         offload_store_calls=bool(getattr(the_store, "waits_on_network", False)),
         authenticate=authenticate,
-        consent=ConsentRules(
-            policy=load_policy(settings.policies_dir),
-            clock=clock,
-            partner_kinds=dict(partner_kinds or {})
-            | ({p.id: p.kind for p in tokens.directory} if tokens is not None else {}),
-            labels=load_label_tables(settings.policies_dir),
-            partner_organizations=(
-                {p.id: p.organization for p in tokens.directory} if tokens is not None else {}
-            ),
-            paging=(
-                CursorSeal.from_ring(the_store.key_ring())
-                if isinstance(the_store, SqlStore)
-                else CursorSeal.ephemeral()
-            ),
-        ),
         audit=audit,
         partner_names={p.id: p.name for p in tokens.directory} if tokens is not None else {},
         audit_seal=(
@@ -310,3 +310,11 @@ def app_from_environment() -> FastAPI:
     the partners file (a bad file stops start-up)."""
     settings = Settings()
     return create_app(settings, partners=partners_for(settings))
+
+
+def raw_store(app: FastAPI) -> ResourceStore:
+    """The raw store behind an app, for its composition root's own work (the demo's start-up,
+    tests of faults): never handed to a route."""
+    ctx: GatewayContext = app.state.gateway
+    store: ResourceStore = ctx.stores._raw
+    return store

@@ -624,7 +624,7 @@ def audit_report(
     from gateway.audit import report
     from gateway.audit.chain import AuditQuery
     from gateway.audit.sealing import EventSeal
-    from gateway.store.searchparams import stamp
+    from gateway.vocabulary.dates import stamp
 
     try:
         phrases = report.parse_lang(lang)

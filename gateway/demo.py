@@ -34,7 +34,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from gateway.app import create_app
+from gateway.app import create_app, raw_store
 from gateway.audit.chain import load_public_key, public_key_path
 from gateway.clock import SystemClock
 from gateway.keys import ENCRYPTION_FILE, FileKeyRing, init_keys
@@ -84,7 +84,7 @@ def run_demo(settings: Settings, console: Console) -> int:
 
 async def _walkthrough(settings: Settings, directory: PartnerDirectory, console: Console) -> None:
     app = create_app(settings, partners=directory)
-    store = app.state.gateway.store
+    store = raw_store(app)
     ensure_organizations(store, directory)  # what the app's start-up does when served
     steps = Table("who", "step", "request", "status", "what came back", title="Consent walkthrough")
     transport = httpx.ASGITransport(app=app)

@@ -31,10 +31,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.disclose.scopes import parse_scope
+from gateway.access.scopes import parse_scope
 from gateway.errors import Conflict, Gone, NotFound
 from gateway.settings import Settings
 from gateway.store.port import ResourceStore
+from gateway.write.admit import admit, check
 
 logger = logging.getLogger("gateway.partners")
 
@@ -442,7 +443,9 @@ def ensure_organizations(store: ResourceStore, directory: PartnerDirectory) -> l
             "name": partner.name,
         }
         try:
-            store.update("Organization", partner.organization_id, resource, if_match=None)
+            # The gateway's own record: no contributor (every partner sees directory entries).
+            entry = admit(check(resource), contributor=None)
+            store.update("Organization", partner.organization_id, entry, if_match=None)
         except Conflict:  # another worker created it at the same moment
             continue
         created.append(partner.organization)

@@ -28,6 +28,7 @@ from gateway.partners import (
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
 from tests.conftest import START
+from tests.support.valid import valid
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "partners.yaml"
 SHELTER_KEY = ec.generate_private_key(ec.SECP384R1())
@@ -289,7 +290,9 @@ def test_ensure_organizations_creates_only_the_absent_ones(tmp_path: Path) -> No
     store.update(
         "Organization",
         "st-marys-hospital",
-        {"resourceType": "Organization", "id": "st-marys-hospital", "name": "St. Mary's (EHR)"},
+        valid(
+            {"resourceType": "Organization", "id": "st-marys-hospital", "name": "St. Mary's (EHR)"}
+        ),
         if_match=None,
     )
     assert ensure_organizations(store, directory) == ["Organization/riverside-shelter"]

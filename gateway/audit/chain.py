@@ -62,8 +62,8 @@ from gateway.store.schema import audit_checkpoints as CP
 from gateway.store.schema import audit_index as AI
 from gateway.store.schema import audit_log as AL
 from gateway.store.schema import audit_noise as NOISE
-from gateway.store.searchparams import stamp
 from gateway.store.sql_session import SqlSession
+from gateway.vocabulary.dates import stamp
 
 __all__ = [
     "APPEND_LOCK",
@@ -687,7 +687,7 @@ def _checkpoints(conn: Connection) -> list[Checkpoint]:
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
     criteria: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (param, values OR-ed), AND-ed
-    recorded_from: str | None = None  # stamps (searchparams.stamp), inclusive
+    recorded_from: str | None = None  # stamps (vocabulary.dates.stamp), inclusive
     recorded_to: str | None = None
     count: int = 50
     before_seq: int | None = None  # keyset paging, newest first

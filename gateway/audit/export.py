@@ -3,16 +3,25 @@ offline with the public keys alone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from gateway.audit.chain import AuditChain
+from gateway.audit.checkpoints import Checkpoint
 
 
-def export_lines(chain: AuditChain, *, since: datetime | None = None) -> Iterator[bytes]:
+class ExportSource(Protocol):
+    """What an export reads (``AuditChain``): the event rows, streamed, and the checkpoints."""
+
+    def rows(
+        self, *, since: datetime | None = None, batch: int = 10_000
+    ) -> Generator[tuple[int, str, str, str, str], None, None]: ...
+
+    def checkpoints(self) -> list[Checkpoint]: ...
+
+
+def export_lines(chain: ExportSource, *, since: datetime | None = None) -> Iterator[bytes]:
     """One JSON object per line: every event row (``seq``, ``recorded``, ``prev_hash``,
     ``hash``, ``event``), then every signed checkpoint (``checkpoint``). Stamps are UTC and end
     in ``Z``; the hashed and signed forms are the same stamps without it. The event is the stored

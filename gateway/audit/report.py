@@ -42,7 +42,7 @@ from rich.text import Text
 from gateway.audit.review import REVIEW_RULE, _decision, _patient_of
 from gateway.audit.sealing import SEALED_QUERY, EventSeal
 from gateway.errors import BadRequest, ServiceUnavailable
-from gateway.store.searchparams import parse_date_range
+from gateway.vocabulary.dates import parse_date_range
 
 Lang = Literal["en", "es"]
 LANGS: tuple[Lang, ...] = ("en", "es")

@@ -27,7 +27,8 @@ from gateway.audit.events import Disclosed
 from gateway.errors import BadRequest, Forbidden, Issue, UnknownParameter
 from gateway.store.query import FORBIDDEN_CHARS
 from gateway.store.records import fhir_instant
-from gateway.store.searchparams import parse_date_range
+from gateway.vocabulary.dates import parse_date_range
+from gateway.vocabulary.references import reference_value
 
 REVIEWERS = frozenset({"compliance"})
 REVIEW_RULE = "policy:compliance-review"
@@ -98,15 +99,14 @@ def _split(name: str, value: str) -> list[str]:
 
 
 def _reference(name: str, value: str) -> str:
-    parts = value.rstrip("/").split("/")
-    default = REFERENCE_PARAMS[name]
-    if len(parts) >= 4 and parts[-2] == "_history" and name == "entity":
-        return "/".join(parts[-4:])
-    if len(parts) >= 2:
-        return f"{parts[-2]}/{parts[-1]}"
-    if default is None:
+    """``Type/id`` (``entity`` also ``Type/id/_history/v``) of a reference value; a bare id is
+    of the parameter's default type."""
+    ref = reference_value(value, REFERENCE_PARAMS[name])
+    if ref is None or not ref.resource_type or (ref.version is not None and name != "entity"):
         raise BadRequest(f"{name} must be a reference Type/id")
-    return f"{default}/{parts[0]}"
+    if ref.version is not None:
+        return f"{ref}/_history/{ref.version}"
+    return str(ref)
 
 
 def _date_bound(value: str, low: str | None, high: str | None) -> tuple[str | None, str | None]:

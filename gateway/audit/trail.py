@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway.audit.chain import AuditPage, AuditQuery, index_values
 from gateway.audit.events import Activity, aggregated_refusals
 from gateway.errors import ServiceUnavailable
-from gateway.store.searchparams import parse_date_range, stamp
+from gateway.vocabulary.dates import parse_date_range, stamp
 
 if TYPE_CHECKING:
     from gateway.store.port import StoreSession

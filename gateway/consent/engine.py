@@ -64,21 +64,19 @@ from gateway.consent.model import (
     ParsedConsent,
     ParsedProvision,
     Unreadable,
-    normalise_reference,
     parse_period,
 )
 from gateway.consent.policy import EmergencyRule, KindRule, Obligation, Policy
-from gateway.store.searchparams import (
+from gateway.vocabulary.codesystems import canonical_system
+from gateway.vocabulary.index import IndexEntry, values_at
+from gateway.vocabulary.references import local_reference, reference_of
+from gateway.vocabulary.registry import (
     ANY_PATIENT,
     CONSENT_PATIENT,
     FACT_PARAMS,
     FACT_PATHS,
     FactPaths,
-    IndexEntry,
-    values_at,
 )
-from gateway.vocabulary.codesystems import canonical_system
-from gateway.vocabulary.references import reference_of
 
 __all__ = [
     "FACT_PARAMS",
@@ -118,7 +116,7 @@ class ResourceFacts:
     contributor: str | None  # partner id that contributed it
     contributor_kind: str | None
     codes: frozenset[tuple[str | None, str]]  # main code(s), see FACT_PATHS
-    clinical_period: tuple[str, str] | None  # UTC stamps (searchparams.stamp)
+    clinical_period: tuple[str, str] | None  # UTC stamps (vocabulary.dates.stamp)
     references: frozenset[str]  # "Type/id" it points at
     authors: frozenset[str]  # "Type/id" of its author/requester/recorder
 
@@ -134,7 +132,7 @@ class Decision:
 
 
 # ---------------------------------------------------------------------------------------------
-# Facts (where they are in each type: ``searchparams.FACT_PATHS``)
+# Facts (where they are in each type: ``vocabulary.registry.FACT_PATHS``)
 
 
 def _values(node: Any, path: str) -> list[Any]:
@@ -267,7 +265,7 @@ def patient_from_index(
         and e.ref_type
         and e.ref_id
         and e.ref_id != ANY_PATIENT
-        and (ref := normalise_reference(f"{e.ref_type}/{e.ref_id}"))
+        and (ref := local_reference(f"{e.ref_type}/{e.ref_id}"))
     )
 
 
@@ -297,7 +295,7 @@ def facts_from_index(
         elif param == "_consent-date" and e.low and e.high:
             spans.append((e.low, e.high))
         elif e.ref_type and e.ref_id and param in ("_consent-ref", "_consent-author"):
-            ref = normalise_reference(f"{e.ref_type}/{e.ref_id}")
+            ref = local_reference(f"{e.ref_type}/{e.ref_id}")
             if ref is None:
                 continue
             (refs if param == "_consent-ref" else authors).add(ref)

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.consent.model import normalise_reference
 from gateway.consent.policy import read_validated
 from gateway.vocabulary.codesystems import canonical_system
+from gateway.vocabulary.references import local_reference
 
 LABELS_FILE = "labels.yaml"
 
@@ -154,7 +154,7 @@ def _has_location(resource: Mapping[str, Any], tables: LabelTables) -> bool:
                 if key in tables.location_keys and value:
                     return True
                 if key == "reference" and isinstance(value, str):
-                    ref = normalise_reference(value)
+                    ref = local_reference(value)
                     if ref and ref.split("/", 1)[0] in tables.location_reference_types:
                         return True
                 stack.append(value)

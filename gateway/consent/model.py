@@ -7,7 +7,7 @@ nothing) and a *deny* wider (it applies to more). The rules themselves (DESIGN.m
 "Consent semantics") are written out in ``gateway.consent.engine``.
 
 Everything the engine compares is precomputed here: frozensets of codes, periods as the
-fixed-width UTC stamps of ``gateway.store.searchparams.stamp``, and for every provision what its
+fixed-width UTC stamps of ``gateway.vocabulary.dates.stamp``, and for every provision what its
 path through the tree contributes (is any actor named on the way down, which security labels
 are listed on the way down). ``decide`` never re-parses a Consent.
 """
@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import BadRequest
-from gateway.store.searchparams import parse_date_range, stamp
 from gateway.vocabulary.codesystems import canonical_system
-from gateway.vocabulary.references import local_reference, reference_of
+from gateway.vocabulary.dates import parse_date_range, stamp
+from gateway.vocabulary.references import reference_of
 
 CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 CONSENT_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
@@ -104,12 +104,6 @@ class ParsedConsent:
     written: bool  # sourceAttachment or sourceReference
     span_days: float | None  # root period end minus start, when both are given
     root: ParsedProvision | None
-
-
-def normalise_reference(ref: Any) -> str | None:
-    """``Type/id`` of a local reference (``_history`` dropped); None for anything else, absolute
-    URLs to other servers included (``gateway.vocabulary.references``)."""
-    return local_reference(ref)
 
 
 def parse_period(value: Any) -> tuple[str, str] | None:

@@ -33,6 +33,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from gateway.vocabulary.registry import REGISTRY
+
 NETWORK_FILE = "network.yaml"
 SCHEMA_FILE = "schema.json"
 
@@ -262,4 +264,8 @@ def _schema(path: Path) -> dict[str, Any]:
 def _validator(schema_path: Path, definition: str) -> Draft202012Validator:
     schema = dict(_schema(schema_path))
     schema["$ref"] = f"#/$defs/{definition}"
+    defs = dict(schema.get("$defs") or {})
+    if "resourceType" in defs:  # the registry says which types there are
+        defs["resourceType"] = {**defs["resourceType"], "enum": list(REGISTRY)}
+        schema["$defs"] = defs
     return Draft202012Validator(schema)

@@ -48,11 +48,11 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from gateway.access.requester import Requester
+from gateway.access.scopes import ScopeGrant, parse_scopes, supported_scopes
 from gateway.audit.events import Activity, Actor
 from gateway.clock import Clock
-from gateway.disclose.deps import Requester
 from gateway.disclose.rest import FhirRoute, append_audit
-from gateway.disclose.scopes import ScopeGrant, parse_scopes, supported_scopes
 from gateway.errors import ServiceUnavailable, Unauthorized
 from gateway.keys import TOKEN_KEYS, KeyMaterialError
 from gateway.partners import (
@@ -64,7 +64,7 @@ from gateway.partners import (
 )
 from gateway.settings import Settings
 from gateway.store.schema import token_replay
-from gateway.store.searchparams import stamp
+from gateway.vocabulary.dates import stamp
 
 logger = logging.getLogger("gateway.auth")
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from gateway.consent.store import ConsentedSession, ConsentedStore
 from gateway.disclose.interactions import (
     Interactions,
     Prefer,
@@ -31,11 +32,9 @@ from gateway.disclose.interactions import (
     parse_query_string,
 )
 from gateway.errors import BadRequest, GatewayError, Issue
-from gateway.ingest.validate import validate_resource
 from gateway.outcomes import error_outcome
-from gateway.store.port import StoreSession, UnitOfWorkStore
 from gateway.store.records import fhir_instant, new_id
-from gateway.store.searchparams import RESOURCE_TYPES
+from gateway.write.admit import Checked
 
 MAX_ENTRIES = 1000
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
@@ -53,6 +52,7 @@ class Entry:
     full_url: str | None
     if_match: int | None
     if_none_exist: str | None
+    checked: Checked | None = None  # the resource as the write path took it
 
 
 def parse_bundle(doc: Any) -> tuple[str, list[Entry]]:
@@ -132,7 +132,7 @@ class BundleProcessor:
         self._ix = interactions
         self._max_depth = max_depth
 
-    def process(self, store: UnitOfWorkStore, doc: Any, now: datetime) -> bytes:
+    def process(self, store: ConsentedStore, doc: Any, now: datetime) -> bytes:
         kind, entries = parse_bundle(doc)
         if kind == "batch":
             return self._batch(store, entries, now)
@@ -140,12 +140,12 @@ class BundleProcessor:
 
     # -- batch ------------------------------------------------------------------------------
 
-    def _batch(self, store: UnitOfWorkStore, entries: list[Entry], now: datetime) -> bytes:
+    def _batch(self, store: ConsentedStore, entries: list[Entry], now: datetime) -> bytes:
         out = []
         for entry in entries:
             try:
                 if entry.resource is not None:
-                    _validate(entry)
+                    self._check(entry)
                 with store.transaction() as session:
                     result = self._run(session, entry, now)
                 out.append(self._response_entry(result))
@@ -162,10 +162,10 @@ class BundleProcessor:
 
     # -- transaction ------------------------------------------------------------------------
 
-    def _transaction(self, store: UnitOfWorkStore, entries: list[Entry], now: datetime) -> bytes:
+    def _transaction(self, store: ConsentedStore, entries: list[Entry], now: datetime) -> bytes:
         for entry in entries:
             if entry.resource is not None:
-                _validate(entry)
+                self._check(entry)
         full_urls = [e.full_url for e in entries if e.full_url]
         if len(full_urls) != len(set(full_urls)):
             raise BadRequest("two transaction entries share a fullUrl")
@@ -176,9 +176,9 @@ class BundleProcessor:
             mapping: dict[str, str] = {}
             pending: dict[int, str] = {}
             for entry in entries:
-                if entry.method != "POST" or entry.resource is None:
+                if entry.method != "POST" or entry.checked is None:
                     continue
-                resource_type = entry.resource["resourceType"]
+                resource_type = entry.checked.resource_type
                 existing = (
                     self._ix.find_existing(session, resource_type, entry.if_none_exist)
                     if entry.if_none_exist
@@ -193,17 +193,16 @@ class BundleProcessor:
                 if entry.full_url:
                     mapping[entry.full_url] = target
             for entry in entries:
-                if entry.resource is not None and mapping:
-                    entry.resource = _rewrite(entry.resource, mapping)
+                if entry.checked is not None and mapping:
+                    entry.checked = entry.checked.rewritten(mapping)
             for entry in sorted(entries, key=_run_order):
                 if entry.index in results:
                     continue
                 if entry.index in pending:
-                    assert entry.resource is not None
-                    resource = self._ix.localised(
-                        {k: v for k, v in entry.resource.items() if k != "id"}
+                    assert entry.checked is not None
+                    stored = session.create(
+                        entry.checked.without_id(), resource_id=pending[entry.index]
                     )
-                    stored = session.create(resource, resource_id=pending[entry.index])
                     results[entry.index] = Result(201, stored.body, {}, stored)
                 else:
                     results[entry.index] = self._run(session, entry, now)
@@ -212,7 +211,24 @@ class BundleProcessor:
 
     # -- one entry --------------------------------------------------------------------------
 
-    def _run(self, session: StoreSession, entry: Entry, now: datetime) -> Result:
+    def _check(self, entry: Entry) -> None:
+        """The entry's resource through the write path's check; its issues name the entry."""
+        try:
+            entry.checked = self._ix.check(entry.resource)
+        except GatewayError as exc:
+            prefix = f"Bundle.entry[{entry.index}].resource"
+            exc.issues = [
+                Issue(
+                    i.code,
+                    f"{prefix}: {i.diagnostics}",
+                    i.severity,
+                    tuple(f"{prefix}.{e}" for e in i.expression),
+                )
+                for i in exc.issues
+            ]
+            raise
+
+    def _run(self, session: ConsentedSession, entry: Entry, now: datetime) -> Result:
         path = entry.path
         resource_type = path[0]
         check_type(resource_type)
@@ -224,13 +240,13 @@ class BundleProcessor:
             ("GET", 2): lambda: self._ix.read(session, resource_type, path[1]),
             ("GET", 4): lambda: self._vread(session, entry, path),
             ("POST", 1): lambda: self._ix.create(
-                session, entry.resource or {}, prefer=prefer, if_none_exist=entry.if_none_exist
+                session, _checked(entry), prefer=prefer, if_none_exist=entry.if_none_exist
             ),
             ("PUT", 2): lambda: self._ix.update(
                 session,
                 resource_type,
                 path[1],
-                entry.resource or {},
+                _checked(entry),
                 prefer=prefer,
                 if_match=entry.if_match,
             ),
@@ -244,7 +260,7 @@ class BundleProcessor:
             )
         return handler()
 
-    def _vread(self, session: StoreSession, entry: Entry, path: list[str]) -> Result:
+    def _vread(self, session: ConsentedSession, entry: Entry, path: list[str]) -> Result:
         if path[2] != "_history":
             raise BadRequest(f"Bundle.entry[{entry.index}]: unsupported request.url")
         check_id(path[1])
@@ -277,33 +293,7 @@ def _run_order(entry: Entry) -> tuple[int, bool]:
     return ORDER[entry.method], is_consent
 
 
-def _validate(entry: Entry) -> None:
-    try:
-        validate_resource(entry.resource, allowed_types=RESOURCE_TYPES)
-    except GatewayError as exc:
-        prefix = f"Bundle.entry[{entry.index}].resource"
-        exc.issues = [
-            Issue(
-                i.code,
-                f"{prefix}: {i.diagnostics}",
-                i.severity,
-                tuple(f"{prefix}.{e}" for e in i.expression),
-            )
-            for i in exc.issues
-        ]
-        raise
-
-
-def _rewrite(node: Any, mapping: dict[str, str]) -> Any:
-    """Replace every ``reference`` that names a transaction fullUrl (``urn:uuid:…``)."""
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str) and value in mapping:
-                out[key] = mapping[value]
-            else:
-                out[key] = _rewrite(value, mapping)
-        return out
-    if isinstance(node, list):
-        return [_rewrite(v, mapping) for v in node]
-    return node
+def _checked(entry: Entry) -> Checked:
+    if entry.checked is None:
+        raise BadRequest(f"Bundle.entry[{entry.index}]: the entry needs a resource")
+    return entry.checked

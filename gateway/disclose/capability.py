@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute
 from gateway import __version__
 from gateway.settings import Settings
 from gateway.store.records import fhir_instant
-from gateway.store.searchparams import COMMON, PARAMS, RESOURCE_TYPES
+from gateway.vocabulary.registry import COMMON, PARAMS, RESOURCE_TYPES
 
 # Route (method, path template) -> FHIR interaction code, instance/type level.
 TYPE_INTERACTIONS = {

@@ -15,28 +15,16 @@ from typing import Annotated, ParamSpec, TypeVar
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from gateway.access.requester import Requester
 from gateway.audit.sealing import EventSeal
 from gateway.audit.trail import AuditLog, MemoryAuditLog
 from gateway.clock import Clock
-from gateway.consent.store import ConsentedStore, ConsentRules
+from gateway.consent.store import ConsentedStore, StoreAccess
 from gateway.errors import Unauthorized
 from gateway.settings import Settings
-from gateway.store.port import ResourceStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Requester:
-    """Who is asking: a partner (its client id, kind and Organization), what its token was
-    granted (SMART scopes) and why it asks (v3 PurposeOfUse codes)."""
-
-    partner_id: str
-    kind: str  # shelter | legal-aid | clinic | hospital | compliance | admin
-    organization: str = ""  # "Organization/<id>"
-    scopes: tuple[str, ...] = ()
-    purpose_of_use: tuple[str, ...] = ()
 
 
 Authenticator = Callable[[Request], Awaitable[Requester]]
@@ -64,15 +52,14 @@ class GatewayContext:
     """Everything a request needs, built once by the app factory (no module-level state)."""
 
     settings: Settings
-    store: ResourceStore
+    # What a request's store is made from: ``stores.for_requester`` (never the raw store).
+    stores: StoreAccess
     clock: Clock
     # True when a store call waits on the network (PostgreSQL): such calls run in the thread
     # pool so that one slow query does not stall every request of the worker. Embedded SQLite
     # answers in microseconds and runs inline, where a thread hop would cost more than the call.
     offload_store_calls: bool = False
     authenticate: Authenticator = refuse_everyone
-    # Network policy, partner kinds, label tables: what consent decisions need besides the data.
-    consent: ConsentRules | None = None
     # Where audit events go (gateway/audit); one that always fails until the factory sets it.
     audit: AuditLog = field(default_factory=lambda: MemoryAuditLog(failing=True))
     partner_names: dict[str, str] = field(default_factory=dict)  # for audit events
@@ -88,7 +75,7 @@ class GatewayContext:
 
 def request_store(ctx: GatewayContext, requester: Requester) -> ConsentedStore:
     """The one store a route may use: the raw store bound to the requester by consent."""
-    return ConsentedStore(ctx.store, requester, ctx.consent)
+    return ctx.stores.for_requester(requester)
 
 
 # FastAPI dependencies, for the operational routes. ``async def`` on purpose: FastAPI runs a plain

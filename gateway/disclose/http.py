@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from gateway.disclose.interactions import Result
 from gateway.errors import NotAcceptable, PayloadTooLarge, UnsupportedMediaType
-from gateway.ingest.validate import parse_json
+from gateway.write.validate import parse_json
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = frozenset({FHIR_JSON, "application/json", "application/json+fhir"})

@@ -19,13 +19,14 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
+from gateway.consent.store import ConsentedSession
 from gateway.errors import BadRequest, Gone, Issue, NotFound, PreconditionFailed, not_found
 from gateway.outcomes import information
-from gateway.store.port import StoredResource, StoreSession
-from gateway.store.query import SearchQuery, parse_search
+from gateway.store.port import SearchQuery, StoredResource
+from gateway.store.query import parse_search
 from gateway.store.records import fhir_instant
-from gateway.store.searchparams import RESOURCE_TYPES
-from gateway.vocabulary.references import localise
+from gateway.vocabulary.registry import RESOURCE_TYPES
+from gateway.write.admit import Checked, check
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 MAX_QUERY_FIELDS = 100
@@ -110,13 +111,13 @@ class Interactions:
             stored,
         )
 
-    def read(self, session: StoreSession, resource_type: str, resource_id: str) -> Result:
+    def read(self, session: ConsentedSession, resource_type: str, resource_id: str) -> Result:
         check_type(resource_type)
         check_id(resource_id)
         return self._resource_result(session.read(resource_type, resource_id))
 
     def vread(
-        self, session: StoreSession, resource_type: str, resource_id: str, version: str
+        self, session: ConsentedSession, resource_type: str, resource_id: str, version: str
     ) -> Result:
         check_type(resource_type)
         check_id(resource_id)
@@ -139,28 +140,27 @@ class Interactions:
 
     def create(
         self,
-        session: StoreSession,
-        resource: dict[str, Any],
+        session: ConsentedSession,
+        resource: Checked,
         *,
         prefer: Prefer,
         if_none_exist: str | None = None,
     ) -> Result:
-        resource_type = resource["resourceType"]
-        resource = {k: v for k, v in resource.items() if k != "id"}  # the server assigns ids
         if if_none_exist:
-            existing = self.find_existing(session, resource_type, if_none_exist)
+            existing = self.find_existing(session, resource.resource_type, if_none_exist)
             if existing is not None:
                 return self._write_result(existing, 200, prefer)
-        return self._write_result(session.create(self.localised(resource)), 201, prefer)
+        # The server assigns ids.
+        return self._write_result(session.create(resource.without_id()), 201, prefer)
 
-    def localised(self, resource: dict[str, Any]) -> dict[str, Any]:
-        """The resource as stored: references to this gateway's own base made relative, so
-        that every absolute reference left names another server."""
-        localised: dict[str, Any] = localise(resource, self.base)
-        return localised
+    def check(self, doc: Any, expected_type: str | None = None) -> Checked:
+        """A request body as the write path takes it: valid R4 (or the 400/422 naming what is
+        not), references to this gateway's own base made relative, so that every absolute
+        reference left names another server."""
+        return check(doc, base=self.base, expected_type=expected_type)
 
     def find_existing(
-        self, session: StoreSession, resource_type: str, criteria: str
+        self, session: ConsentedSession, resource_type: str, criteria: str
     ) -> StoredResource | None:
         """Conditional create: 0 matches → None, 1 → that resource, more → 412."""
         query = self.parse_query(resource_type, parse_query_string(criteria.lstrip("?")), False)
@@ -177,27 +177,25 @@ class Interactions:
 
     def update(
         self,
-        session: StoreSession,
+        session: ConsentedSession,
         resource_type: str,
         resource_id: str,
-        resource: dict[str, Any],
+        resource: Checked,
         *,
         prefer: Prefer,
         if_match: int | None,
     ) -> Result:
         check_type(resource_type)
         check_id(resource_id)
-        if resource.get("id") != resource_id:
+        if resource.id != resource_id:
             raise BadRequest(
                 "the resource id must match the id in the URL",
                 issues=[Issue("invalid", "id does not match the URL", expression=("id",))],
             )
-        stored, created = session.update(
-            resource_type, resource_id, self.localised(resource), if_match=if_match
-        )
+        stored, created = session.update(resource_type, resource_id, resource, if_match=if_match)
         return self._write_result(stored, 201 if created else 200, prefer)
 
-    def delete(self, session: StoreSession, resource_type: str, resource_id: str) -> Result:
+    def delete(self, session: ConsentedSession, resource_type: str, resource_id: str) -> Result:
         check_type(resource_type)
         check_id(resource_id)
         marker = session.delete(resource_type, resource_id)
@@ -214,7 +212,7 @@ class Interactions:
 
     def history(
         self,
-        session: StoreSession,
+        session: ConsentedSession,
         resource_type: str,
         resource_id: str,
         params: Sequence[tuple[str, str]],
@@ -287,7 +285,7 @@ class Interactions:
 
     def search(
         self,
-        session: StoreSession,
+        session: ConsentedSession,
         resource_type: str,
         params: Sequence[tuple[str, str]],
         *,

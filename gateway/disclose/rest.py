@@ -20,6 +20,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
+from gateway.access.requester import Requester
+from gateway.access.scopes import ScopeGrant
 from gateway.audit.chain import AuditPage
 from gateway.audit.events import REFUSED, Activity, Actor, audit_events
 from gateway.audit.review import (
@@ -35,7 +37,7 @@ from gateway.consent.engine import Decision
 from gateway.consent.store import ConsentedStore
 from gateway.disclose.bundles import BundleProcessor
 from gateway.disclose.capability import capability_statement
-from gateway.disclose.deps import GatewayContext, Requester, request_store
+from gateway.disclose.deps import GatewayContext, request_store
 from gateway.disclose.http import FHIR_JSON, read_body, read_json, response_type, to_response
 from gateway.disclose.interactions import (
     Interactions,
@@ -47,16 +49,14 @@ from gateway.disclose.interactions import (
     parse_if_match,
     parse_query_string,
 )
-from gateway.disclose.scopes import ScopeGrant
 from gateway.errors import (
     BadRequest,
     GatewayError,
     Unauthorized,
     UnsupportedMediaType,
 )
-from gateway.ingest.validate import validate_resource
-from gateway.store.port import StoreSession, UnitOfWorkStore
-from gateway.store.searchparams import RESOURCE_TYPES
+from gateway.store.port import StoreSession
+from gateway.vocabulary.references import parse_local
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 MethodEndpoint = Callable[["FhirEndpoints", Request], Awaitable[Response]]
@@ -238,7 +238,7 @@ class FhirEndpoints:
         self,
         request: Request,
         ctx: GatewayContext,
-        store: UnitOfWorkStore,
+        store: ConsentedStore,
         params: list[tuple[str, str]],
     ) -> Response:
         media = response_type(request)
@@ -261,7 +261,7 @@ class FhirEndpoints:
         doc = await read_json(
             request, limit=ctx.settings.max_body_bytes, max_depth=ctx.settings.max_json_depth
         )
-        resource = validate_resource(doc, allowed_types=RESOURCE_TYPES, expected_type=resource_type)
+        resource = self.ix.check(doc, expected_type=resource_type)
         preference = Prefer.parse(request.headers.get("prefer"))
         if_none_exist = create_criteria(
             list(request.query_params.multi_items()), request.headers.get("if-none-exist")
@@ -290,9 +290,7 @@ class FhirEndpoints:
         doc = await read_json(
             request, limit=ctx.settings.max_body_bytes, max_depth=ctx.settings.max_json_depth
         )
-        resource = validate_resource(
-            doc, allowed_types=RESOURCE_TYPES, expected_type=p["resource_type"]
-        )
+        resource = self.ix.check(doc, expected_type=p["resource_type"])
         result = await ctx.call(
             self.ix.update,
             store,
@@ -331,11 +329,11 @@ class FhirEndpoints:
         params = request.query_params
         partner = params.get("partner")
         target = params.get("resource", "")
-        resource_type, _, resource_id = target.partition("/")
-        if not partner or not resource_id:
+        ref = parse_local(target)
+        if not partner or ref is None or ref.version is not None:
             raise BadRequest("$explain needs partner and resource (Type/id)")
+        resource_type, resource_id = ref.resource_type, ref.id
         check_type(resource_type)
-        check_id(resource_id)
         purposes = tuple(p for p in params.get("purpose", "TREAT").split(",") if p)
         decision = await ctx.call(store.explain, partner, resource_type, resource_id, purposes)
         return to_response(Result(200, orjson.dumps(explanation(decision))), media)

@@ -31,10 +31,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gateway.keys import KeyRing
-from gateway.store.searchparams import (
-    CONSENT_FACT_ONLY,
-    IndexEntry,
-)
+from gateway.vocabulary.index import IndexEntry
+from gateway.vocabulary.registry import CONSENT_FACT_ONLY
 
 INFO = b"care-gateway search-index v1"
 TOKEN_BYTES = 16  # 128 bits: collisions are not a concern at any index size

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, false, not_, or_, select, true
 
 from gateway.store.blind import CODE, DATE, EXACT, PREFIX, SYSTEM, Blinder, scope_of
-from gateway.store.query import (
+from gateway.store.port import (
     Clause,
     DateCriterion,
     ReferenceCriterion,
@@ -24,7 +24,7 @@ from gateway.store.query import (
 )
 from gateway.store.schema import resources as R
 from gateway.store.schema import search_index as SI
-from gateway.store.searchparams import Kind
+from gateway.vocabulary.registry import Kind
 
 _PARTS = ("month", "day", "hour", "minute", "second")
 LOW = (SI.c.low_year, *(SI.c[f"low_{p}"] for p in _PARTS))

@@ -1,7 +1,7 @@
 """The consent facts of a resource's current version, sealed on its head row.
 
 Search under consent decides which candidates to release from their facts (labels, codes, dates,
-references: ``searchparams.FACT_PARAMS``) without decrypting their bodies. Those facts are
+references: ``vocabulary.registry.FACT_PARAMS``) without decrypting their bodies. Those facts are
 clinical, so they are kept the way bodies are: AES-256-GCM under the ring's active key, bound to
 ``facts:type/id/version`` so that a sealed blob moved to another row fails to open.
 """
@@ -15,7 +15,8 @@ import orjson
 from gateway.errors import ServiceUnavailable
 from gateway.keys import DecryptionError, KeyRing
 from gateway.store.records import aad
-from gateway.store.searchparams import FACT_PARAM_NAMES, IndexEntry
+from gateway.vocabulary.index import IndexEntry
+from gateway.vocabulary.registry import FACT_PARAM_NAMES
 
 
 def _associated(resource_type: str, resource_id: str, version_id: int) -> bytes:

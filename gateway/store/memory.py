@@ -16,28 +16,24 @@ import orjson
 
 from gateway.clock import Clock
 from gateway.errors import Conflict, Gone, PreconditionFailed, not_found
-from gateway.store.port import HistoryPage, Located, SearchPage, StoredResource
-from gateway.store.query import (
+from gateway.store.port import (
     Candidate,
     Clause,
     Cursor,
     DateCriterion,
+    HistoryPage,
+    Located,
+    SearchPage,
     SearchQuery,
+    StoredResource,
     Visibility,
-    clause_matches,
-    date_matches,
 )
+from gateway.store.query import clause_matches, date_matches
 from gateway.store.records import PreparedVersion, new_id, prepare
-from gateway.store.searchparams import (
-    ANY_ACTOR_ENTRY,
-    ANY_PATIENT_ENTRY,
-    CONSENT_ACTOR,
-    CONSENT_PATIENT,
-    FACT_PARAM_NAMES,
-    IndexEntry,
-    extract,
-    stamp,
-)
+from gateway.vocabulary.dates import stamp
+from gateway.vocabulary.index import ANY_ACTOR_ENTRY, ANY_PATIENT_ENTRY, IndexEntry, extract
+from gateway.vocabulary.registry import CONSENT_ACTOR, CONSENT_PATIENT, FACT_PARAM_NAMES
+from gateway.write.admit import ValidResource
 
 
 @dataclass
@@ -76,15 +72,9 @@ class MemoryStore:
                 self._state.heads, self._state.next_rid = snapshot.heads, snapshot.next_rid
                 raise
 
-    def create(
-        self,
-        resource: dict[str, Any],
-        *,
-        contributor: str | None = None,
-        resource_id: str | None = None,
-    ) -> StoredResource:
+    def create(self, resource: ValidResource, *, resource_id: str | None = None) -> StoredResource:
         with self.transaction() as s:
-            return s.create(resource, contributor=contributor, resource_id=resource_id)
+            return s.create(resource, resource_id=resource_id)
 
     def locate(self, resource_type: str, resource_id: str) -> Located | None:
         with self._lock:
@@ -100,15 +90,12 @@ class MemoryStore:
         self,
         resource_type: str,
         resource_id: str,
-        resource: dict[str, Any],
+        resource: ValidResource,
         *,
         if_match: int | None,
-        contributor: str | None = None,
     ) -> tuple[StoredResource, bool]:
         with self.transaction() as s:
-            return s.update(
-                resource_type, resource_id, resource, if_match=if_match, contributor=contributor
-            )
+            return s.update(resource_type, resource_id, resource, if_match=if_match)
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         with self.transaction() as s:
@@ -142,11 +129,9 @@ class MemoryStore:
         with self._lock:
             return _MemorySession(self._state, self._clock).search(query)
 
-    def write_many(
-        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
-    ) -> list[StoredResource]:
+    def write_many(self, resources: Sequence[ValidResource]) -> list[StoredResource]:
         with self.transaction() as s:
-            return s.write_many(resources, contributor=contributor)
+            return s.write_many(resources)
 
     def serialize(self, key: str) -> None:
         """Outside a unit of work there is nothing to hold a lock for."""
@@ -240,15 +225,9 @@ class _MemorySession:
         self._state.heads[(resource_type, resource_id)] = head
         return head
 
-    def create(
-        self,
-        resource: dict[str, Any],
-        *,
-        contributor: str | None = None,
-        resource_id: str | None = None,
-    ) -> StoredResource:
-        version = prepare(resource, resource_id or new_id(), 1, self._clock.now())
-        head = self._new_head(version.resource_type, version.id, contributor)
+    def create(self, resource: ValidResource, *, resource_id: str | None = None) -> StoredResource:
+        version = prepare(resource.doc, resource_id or new_id(), 1, self._clock.now())
+        head = self._new_head(version.resource_type, version.id, resource.contributor)
         return self._write(head, version)
 
     def locate(self, resource_type: str, resource_id: str) -> Located | None:
@@ -282,10 +261,9 @@ class _MemorySession:
         self,
         resource_type: str,
         resource_id: str,
-        resource: dict[str, Any],
+        resource: ValidResource,
         *,
         if_match: int | None,
-        contributor: str | None = None,
     ) -> tuple[StoredResource, bool]:
         head = self._head(resource_type, resource_id)
         if head is None:
@@ -293,8 +271,8 @@ class _MemorySession:
                 raise PreconditionFailed(
                     f"If-Match given but {resource_type}/{resource_id} does not exist"
                 )
-            version = prepare(resource, resource_id, 1, self._clock.now())
-            head = self._new_head(resource_type, resource_id, contributor)
+            version = prepare(resource.doc, resource_id, 1, self._clock.now())
+            head = self._new_head(resource_type, resource_id, resource.contributor)
             return self._write(head, version), True
         if if_match is not None and if_match != head.current.version_id:
             raise PreconditionFailed(
@@ -302,7 +280,7 @@ class _MemorySession:
                 f"{head.current.version_id}"
             )
         was_deleted = head.current.deleted
-        version = prepare(resource, resource_id, head.current.version_id + 1, self._clock.now())
+        version = prepare(resource.doc, resource_id, head.current.version_id + 1, self._clock.now())
         return self._write(head, version), was_deleted
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
@@ -324,22 +302,18 @@ class _MemorySession:
         head.index = []
         return marker
 
-    def write_many(
-        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
-    ) -> list[StoredResource]:
+    def write_many(self, resources: Sequence[ValidResource]) -> list[StoredResource]:
         out = []
         seen: set[tuple[str, str]] = set()
         for resource in resources:
-            if not resource.get("id"):
-                out.append(self.create(resource, contributor=contributor))
+            if not resource.id:
+                out.append(self.create(resource))
                 continue
-            key = (resource["resourceType"], resource["id"])
+            key = (resource.resource_type, resource.id)
             if key in seen:
                 raise Conflict("a batch names the same resource twice")
             seen.add(key)
-            stored, _ = self.update(
-                key[0], key[1], resource, if_match=None, contributor=contributor
-            )
+            stored, _ = self.update(key[0], key[1], resource, if_match=None)
             out.append(stored)
         return out
 

@@ -7,32 +7,26 @@ wrong way to fail for sensitive data). ``Prefer: handling=lenient`` opts into ig
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-from collections.abc import Callable, Iterable, Sequence
-from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from collections.abc import Iterable, Sequence
 
 from gateway.errors import BadRequest, Issue, UnknownParameter
 from gateway.store.blind import PREFIX_CAP
-from gateway.store.searchparams import (
-    CONTROL_PARAMS,
-    IndexEntry,
-    Kind,
-    SearchParam,
-    lookup,
-    normalise,
-    parse_date_range,
+from gateway.store.port import (
+    Clause,
+    Criterion,
+    DateCriterion,
+    Include,
+    ReferenceCriterion,
+    SearchQuery,
+    StringCriterion,
+    TokenCriterion,
 )
 from gateway.vocabulary.codesystems import canonical_system
-from gateway.vocabulary.references import ID_PATTERN, TYPE_PATTERN
-
-if TYPE_CHECKING:
-    from gateway.store.port import StoreSession
+from gateway.vocabulary.dates import parse_date_range
+from gateway.vocabulary.index import IndexEntry, normalise
+from gateway.vocabulary.references import ID_PATTERN, reference_value
+from gateway.vocabulary.registry import CONTROL_PARAMS, Kind, SearchParam, lookup
 
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 SUPPORTED_DATE_PREFIXES = frozenset({"eq", "ne", "gt", "lt", "ge", "le"})
@@ -45,179 +39,6 @@ MODIFIERS: dict[Kind, frozenset[str]] = {
     Kind.REFERENCE: frozenset({"missing"}),
     Kind.DATE: frozenset({"missing"}),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCriterion:
-    system: str | None  # None: any system; "": explicitly no system
-    code: str | None  # None: any code in the system
-
-
-@dataclass(frozen=True, slots=True)
-class ReferenceCriterion:
-    ref_type: str | None
-    ref_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class DateCriterion:
-    prefix: str
-    low: str
-    high: str
-
-
-@dataclass(frozen=True, slots=True)
-class StringCriterion:
-    value: str  # normalised unless the modifier is :exact
-
-
-Criterion = TokenCriterion | ReferenceCriterion | DateCriterion | StringCriterion
-
-
-@dataclass(frozen=True, slots=True)
-class Clause:
-    """One parameter occurrence: its values are OR-ed; clauses are AND-ed."""
-
-    name: str  # parameter name; "_id" and "_lastUpdated" address the resource itself
-    kind: Kind
-    modifier: str | None
-    criteria: tuple[Criterion, ...] = ()
-    missing: bool | None = None
-    ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Include:
-    source_type: str
-    param: str
-    target_type: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    """Keyset position: the sort key of the last (``after``) or first (``before``) row shown."""
-
-    key: tuple[Any, ...]
-    after: bool = True
-
-    def encode(self) -> str:
-        raw = orjson.dumps({"k": list(self.key), "a": self.after})
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, token: str, sort: tuple[tuple[str, bool], ...] = ()) -> Cursor:
-        """The position in ``token``, whose key must have the shape of ``sort``'s: one string
-        per sort field, then the row number."""
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            doc = orjson.loads(raw)
-            key = tuple(doc["k"])
-            after = doc["a"]
-        except (binascii.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise BadRequest("_cursor is not a valid paging token") from exc
-        shaped = (
-            isinstance(after, bool)
-            and len(key) == len(sort) + 1
-            and all(isinstance(k, str) and len(k) <= 64 for k in key[:-1])
-            and isinstance(key[-1], int)
-            and not isinstance(key[-1], bool)
-            and 0 <= key[-1] < 2**63
-        )
-        if not shaped:
-            raise BadRequest("_cursor does not belong to this search")
-        return cls(key, after)
-
-
-@dataclass(frozen=True, slots=True)
-class SearchQuery:
-    resource_type: str
-    clauses: tuple[Clause, ...] = ()
-    sort: tuple[tuple[str, bool], ...] = ()  # (field, descending); field: _lastUpdated | _id
-    count: int = 50
-    cursor: Cursor | None = None
-    # The client's ``_cursor`` as sent (sealed); see ``gateway.store.paging``.
-    cursor_token: str | None = field(default=None, compare=False)
-    includes: tuple[Include, ...] = ()
-    revincludes: tuple[Include, ...] = ()
-    summary_count: bool = False
-    with_total: bool = True  # _total=none: the client does not need Bundle.total
-    # What the next link must repeat (everything but the cursor), in request order.
-    echo: tuple[tuple[str, str], ...] = field(default=(), compare=False)
-    # Set by the consent layer, never by a client: restrict matches *and* includes to what the
-    # partner may see, inside the store, so totals and paging count only those.
-    visible_to: Visibility | None = None
-    # Only what the requester holds (contributed, or the directory), never what a Consent lets
-    # it see: conditional create asks "do I already have this?", and a match on another
-    # partner's record would answer with an id the requester cannot update.
-    held_only: bool = False
-
-    def position(self) -> Cursor | None:
-        """Where the page starts: the consent layer opens a client's sealed token into
-        ``cursor``; a trusted caller of the raw store may pass the store's own token."""
-        if self.cursor is not None or self.cursor_token is None:
-            return self.cursor
-        return Cursor.decode(self.cursor_token, self.sort)
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """Another partner's record that consent might release, as the store knows it without
-    decrypting: its head and the consent-fact index rows of its current version
-    (``searchparams.FACT_PARAM_NAMES``)."""
-
-    resource_type: str
-    id: str
-    contributor: str | None
-    entries: tuple[IndexEntry, ...]
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.resource_type, self.id)
-
-
-# Decides a batch of candidates at once (one lookup of the patients' Consents) and answers the
-# keys of those released. The store passes its own unit of work, so that Consents are read in
-# the same snapshot and on the same connection (a second pool checkout per request could
-# exhaust the pool under load).
-Release = Callable[["StoreSession", Sequence[Candidate]], AbstractSet[tuple[str, str]]]
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentReach:
-    """Which records of other partners are worth asking the consent engine about.
-
-    The store narrows in SQL to a superset of what the engine could release, so that a search
-    hands the engine a handful of rows rather than the network's: records of patients with an
-    active Consent that names ``actor`` (a permit releases only to an actor named on its path),
-    plus any record of ``open_types`` (released without such a Consent: break-glass types for
-    an emergency request, directory entries an administrator wrote). ``release`` then decides.
-    """
-
-    actor: tuple[str, str]  # the requester's Organization: ("Organization", "harbor-clinic")
-    open_types: frozenset[str]
-    release: Release
-    # Further criteria a record of another partner must meet (e.g. an identifier search
-    # matches it only through a person identifier, the only kind it is shown).
-    clauses: tuple[Clause, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Visibility:
-    """What a partner sees: what it contributed, the directory entries (types the network
-    policy lists) that the gateway itself wrote, and, when ``reach`` is given, the records of
-    other partners that ``reach.release`` releases. A store may narrow what it hands to
-    ``release`` as ``ConsentReach`` says (SQL does); the in-memory twin hands it everything, so
-    the contract tests prove the narrowing never hides what the engine would release."""
-
-    partner_id: str
-    directory_types: frozenset[str] = frozenset()
-    reach: ConsentReach | None = None
-
-    def admits(self, resource_type: str, contributor: str | None) -> bool:
-        """Visible without asking consent."""
-        if contributor is not None:
-            return contributor == self.partner_id
-        return resource_type in self.directory_types
 
 
 SORTABLE = frozenset({"_lastUpdated", "_id"})
@@ -507,22 +328,14 @@ def _token(value: str) -> TokenCriterion:
     return TokenCriterion(canonical_system(system), code or None)
 
 
-def _reference(value: str) -> ReferenceCriterion:
-    parts = value.rstrip("/").split("/")
-    if len(parts) >= 2:
-        return ReferenceCriterion(parts[-2], parts[-1])
-    return ReferenceCriterion(None, parts[0])
-
-
 def _reference_value(name: str, value: str) -> ReferenceCriterion:
     """A reference value names a record (``[Type/]id``, or a URL ending so): its id must be a
-    FHIR id and its type a type name, or it could match nothing the index holds."""
-    criterion = _reference(value)
-    if not ID_PATTERN.fullmatch(criterion.ref_id) or (
-        criterion.ref_type is not None and not TYPE_PATTERN.fullmatch(criterion.ref_type)
-    ):
+    FHIR id and its type a type name, or it could match nothing the index holds. A version
+    (``/_history/n``) is refused: the index holds the current version's references."""
+    ref = reference_value(value)
+    if ref is None or ref.version is not None:
         raise _refused(f"{name} must be a reference [Type/]id with a FHIR id", name)
-    return criterion
+    return ReferenceCriterion(ref.resource_type or None, ref.id)
 
 
 def _date(name: str, value: str) -> DateCriterion:

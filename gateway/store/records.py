@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from gateway.store.searchparams import IndexEntry, extract
+from gateway.vocabulary.index import IndexEntry, extract
 
 
 def new_id() -> str:

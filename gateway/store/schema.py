@@ -9,7 +9,7 @@ migrations in ``migrations/`` create it, and a test holds the two in step.
 ``audit_log``          the hash-chained audit events (``gateway/audit``): append-only.
 ``audit_index``        each event's search values (patient, agent, entity, type, subtype, outcome).
 ``audit_checkpoints``  signed (Ed25519) statements "the chain's hash at seq N was H".
-Timestamps are fixed-width UTC strings (``searchparams.stamp``), so ordering is textual and the
+Timestamps are fixed-width UTC strings (``vocabulary.dates.stamp``), so ordering is textual and the
 same on both databases.
 """
 
@@ -54,7 +54,7 @@ resources = Table(
     Column("deleted", Boolean, nullable=False, default=False),
     # The partner that created the resource: consent's "contributor may always read it back".
     Column("contributor", String(64), nullable=True),
-    # The consent facts of the current version (``searchparams.FACT_PARAMS``), sealed like a
+    # The consent facts of the current version (``vocabulary.registry.FACT_PARAMS``), sealed like a
     # body (AES-256-GCM, ``facts:type/id/version`` as associated data): search under consent
     # decides from them without decrypting bodies, and no clinical code sits in clear.
     Column("facts_key", String(64), nullable=True),

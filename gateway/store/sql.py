@@ -36,10 +36,7 @@ from gateway.errors import (
 from gateway.keys import FileKeyRing, KeyRing
 from gateway.store.blind import Blinder
 from gateway.store.driver_sql import DriverSql
-from gateway.store.port import HistoryPage, Located, SearchPage, StoredResource
-from gateway.store.query import (
-    SearchQuery,
-)
+from gateway.store.port import HistoryPage, Located, SearchPage, SearchQuery, StoredResource
 from gateway.store.schema import resource_versions as V
 from gateway.store.schema import resources as R
 from gateway.store.sql_rows import (
@@ -48,6 +45,7 @@ from gateway.store.sql_rows import (
     open_version,
 )
 from gateway.store.sql_session import SqlSession
+from gateway.write.admit import ValidResource
 
 Timing = Callable[[str, float], None]
 
@@ -120,15 +118,9 @@ class SqlStore:
         with self._session(write=True, op="transaction") as session:
             yield session
 
-    def create(
-        self,
-        resource: dict[str, Any],
-        *,
-        contributor: str | None = None,
-        resource_id: str | None = None,
-    ) -> StoredResource:
+    def create(self, resource: ValidResource, *, resource_id: str | None = None) -> StoredResource:
         with self._session(write=True, op="create") as s:
-            return s.create(resource, contributor=contributor, resource_id=resource_id)
+            return s.create(resource, resource_id=resource_id)
 
     def locate(self, resource_type: str, resource_id: str) -> Located | None:
         """The head and newest live version: one prepared statement on a reader connection,
@@ -146,15 +138,12 @@ class SqlStore:
         self,
         resource_type: str,
         resource_id: str,
-        resource: dict[str, Any],
+        resource: ValidResource,
         *,
         if_match: int | None,
-        contributor: str | None = None,
     ) -> tuple[StoredResource, bool]:
         with self._session(write=True, op="update") as s:
-            return s.update(
-                resource_type, resource_id, resource, if_match=if_match, contributor=contributor
-            )
+            return s.update(resource_type, resource_id, resource, if_match=if_match)
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         with self._session(write=True, op="delete") as s:
@@ -243,11 +232,9 @@ class SqlStore:
         with self._session(write=False, op="search") as s:
             return s.search(query)
 
-    def write_many(
-        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
-    ) -> list[StoredResource]:
+    def write_many(self, resources: Sequence[ValidResource]) -> list[StoredResource]:
         with self._session(write=True, op="write_many") as s:
-            return s.write_many(resources, contributor=contributor)
+            return s.write_many(resources)
 
     def serialize(self, key: str) -> None:
         """Outside a unit of work there is nothing to hold a lock for."""

@@ -30,25 +30,22 @@ from gateway.keys import KeyRing
 from gateway.store.blind import Blinder
 from gateway.store.criteria_sql import clause_sql
 from gateway.store.facts import open_facts
-from gateway.store.port import SearchPage, StoredResource
-from gateway.store.query import (
+from gateway.store.port import (
     Candidate,
     ConsentReach,
     Cursor,
+    SearchPage,
     SearchQuery,
+    StoredResource,
     Visibility,
 )
 from gateway.store.schema import resources as R
 from gateway.store.schema import search_index as SI
-from gateway.store.searchparams import (
-    CONSENT_ACTIVE,
-    CONSENT_ACTOR,
-    CONSENT_PATIENT,
-)
 from gateway.store.sql_rows import (
     CURRENT_VERSION,
     open_version,
 )
+from gateway.vocabulary.registry import CONSENT_ACTIVE, CONSENT_ACTOR, CONSENT_PATIENT
 
 if TYPE_CHECKING:
     from gateway.store.port import StoreSession

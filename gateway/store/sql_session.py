@@ -37,10 +37,6 @@ from gateway.store.records import PreparedVersion, aad, new_id, prepare
 from gateway.store.schema import resource_versions as V
 from gateway.store.schema import resources as R
 from gateway.store.schema import search_index as SI
-from gateway.store.searchparams import (
-    extract,
-    stamp,
-)
 from gateway.store.sql_rows import (
     CURRENT_VERSION,
     located_row,
@@ -51,6 +47,9 @@ from gateway.store.sql_rows import (
 from gateway.store.sql_search import (
     SearchSql,
 )
+from gateway.vocabulary.dates import stamp
+from gateway.vocabulary.index import extract
+from gateway.write.admit import ValidResource
 
 
 class SqlSession(SearchSql):
@@ -219,18 +218,12 @@ class SqlSession(SearchSql):
         self._store_version(rid, version, replace_index=False)
         return rid
 
-    def create(
-        self,
-        resource: dict[str, Any],
-        *,
-        contributor: str | None = None,
-        resource_id: str | None = None,
-    ) -> StoredResource:
-        version = prepare(resource, resource_id or new_id(), 1, self._clock.now())
+    def create(self, resource: ValidResource, *, resource_id: str | None = None) -> StoredResource:
+        version = prepare(resource.doc, resource_id or new_id(), 1, self._clock.now())
         if resource_id is not None and self._rid(version.resource_type, resource_id) is not None:
             raise Conflict("the resource id is already taken")
-        self._insert_head(version, contributor)
-        return stored_version(version, contributor)
+        self._insert_head(version, resource.contributor)
+        return stored_version(version, resource.contributor)
 
     def locate(self, resource_type: str, resource_id: str) -> Located | None:
         row = self.conn.exec_driver_sql(self._sql.locate, (resource_type, resource_id)).first()
@@ -252,10 +245,9 @@ class SqlSession(SearchSql):
         self,
         resource_type: str,
         resource_id: str,
-        resource: dict[str, Any],
+        resource: ValidResource,
         *,
         if_match: int | None,
-        contributor: str | None = None,
     ) -> tuple[StoredResource, bool]:
         head = self._lock_head(resource_type, resource_id)
         now = self._clock.now()
@@ -264,14 +256,14 @@ class SqlSession(SearchSql):
                 raise PreconditionFailed(
                     f"If-Match given but {resource_type}/{resource_id} does not exist"
                 )
-            version = prepare(resource, resource_id, 1, now)
-            self._insert_head(version, contributor)
-            return stored_version(version, contributor), True
+            version = prepare(resource.doc, resource_id, 1, now)
+            self._insert_head(version, resource.contributor)
+            return stored_version(version, resource.contributor), True
         if if_match is not None and if_match != head.version_id:
             raise PreconditionFailed(
                 f"version conflict: {resource_type}/{resource_id} is at version {head.version_id}"
             )
-        version = prepare(resource, resource_id, head.version_id + 1, now)
+        version = prepare(resource.doc, resource_id, head.version_id + 1, now)
         self._advance_head(
             head, version.version_id, version.last_updated, facts=self._seal_facts(version)
         )
@@ -320,12 +312,10 @@ class SqlSession(SearchSql):
             resource_type, resource_id, version_id, now, True, b"", head.contributor
         )
 
-    def write_many(
-        self, resources: Sequence[dict[str, Any]], *, contributor: str | None = None
-    ) -> list[StoredResource]:
+    def write_many(self, resources: Sequence[ValidResource]) -> list[StoredResource]:
         """The batch path: a handful of statements for the whole batch, whatever its size."""
         now = self._clock.now()
-        with_ids = [r for r in resources if r.get("id")]
+        with_ids = [r.doc for r in resources if r.id]
         heads: dict[tuple[str, str], Any] = {}
         if with_ids:
             keys = list({(r["resourceType"], r["id"]) for r in with_ids})
@@ -342,18 +332,19 @@ class SqlSession(SearchSql):
                     ).where(tuple_(R.c.resource_type, R.c.id).in_(chunk))
                 ):
                     heads[(row.resource_type, row.id)] = row
-        fresh: list[PreparedVersion] = []
+        fresh: list[tuple[PreparedVersion, str | None]] = []
         existing: list[tuple[Any, PreparedVersion]] = []
         in_order: list[tuple[PreparedVersion, str | None]] = []
         seen: set[tuple[str, str]] = set()
-        for resource in resources:
+        for valid in resources:
+            resource, contributor = valid.doc, valid.contributor
             rid_key = (resource["resourceType"], resource.get("id") or "")
             if rid_key in seen:
                 raise Conflict("a batch names the same resource twice")
             head = heads.get(rid_key)
             if head is None:
                 version = prepare(resource, resource.get("id") or new_id(), 1, now)
-                fresh.append(version)
+                fresh.append((version, contributor))
                 in_order.append((version, contributor))
             else:
                 version = prepare(resource, head.id, head.version_id + 1, now)
@@ -372,7 +363,7 @@ class SqlSession(SearchSql):
                     "contributor": contributor,
                     **dict(zip(("facts_key", "facts"), self._seal_facts(v), strict=True)),
                 }
-                for v in fresh
+                for v, contributor in fresh
             ]
             if self._postgres:
                 rows = self.conn.execute(
@@ -386,7 +377,9 @@ class SqlSession(SearchSql):
                 # SQLite would run RETURNING row by row; this writer holds the database lock
                 # (BEGIN IMMEDIATE), so it numbers the rows itself and inserts them in one go.
                 last = self.conn.execute(select(func.coalesce(func.max(R.c.rid), 0))).scalar_one()
-                for rid, (head_row, v) in enumerate(zip(heads_rows, fresh, strict=True), last + 1):
+                for rid, (head_row, (v, _)) in enumerate(
+                    zip(heads_rows, fresh, strict=True), last + 1
+                ):
                     head_row["rid"] = rid
                     rids[(v.resource_type, v.id)] = rid
                 self.conn.execute(insert(R), heads_rows)
@@ -397,7 +390,7 @@ class SqlSession(SearchSql):
             rids[(version.resource_type, version.id)] = head.rid
         if existing:
             self.conn.execute(delete(SI).where(SI.c.rid.in_([h.rid for h, _ in existing])))
-        versions = [*fresh, *(v for _, v in existing)]
+        versions = [*(v for v, _ in fresh), *(v for _, v in existing)]
         version_rows: list[tuple[Any, ...]] = []
         index_rows: list[tuple[Any, ...]] = []
         for v in versions:

@@ -75,3 +75,38 @@ def localise(node: Any, base: str) -> Any:
     if isinstance(node, list):
         return [localise(v, base) for v in node]
     return node
+
+
+def reference_value(text: str, default_type: str | None = None) -> LocalReference | None:
+    """The record a *search value* names: ``id`` (of ``default_type``, or of no stated type),
+    ``Type/id``, either with ``/_history/<version>``, or an absolute URL ending so (a client may
+    search with the full URL of a record). None when what it names is not a FHIR type and id:
+    such a value could match nothing the gateway holds. Unlike ``parse_local`` (a stored
+    reference), the type may be left to the caller: ``LocalReference.resource_type`` is then
+    ``""``."""
+    if not isinstance(text, str) or not text or len(text) > 512:
+        return None
+    parts = text.rstrip("/").split("/")
+    version = None
+    if len(parts) >= 4 and parts[-2] == "_history":
+        version = parts[-1]
+        parts = parts[:-2]
+        if not _VERSION.fullmatch(version):
+            return None
+    if len(parts) >= 2:
+        resource_type, resource_id = parts[-2], parts[-1]
+    elif version is None:
+        resource_type, resource_id = default_type or "", parts[0]
+    else:
+        return None
+    if not ID_PATTERN.fullmatch(resource_id):
+        return None
+    if resource_type and not TYPE_PATTERN.fullmatch(resource_type):
+        return None
+    return LocalReference(resource_type, resource_id, version)
+
+
+def reference_parts(value: Any) -> tuple[str, str] | None:
+    """(type, id) that a Reference element (a dict with ``reference``) names locally."""
+    ref = parse_local(value.get("reference")) if isinstance(value, dict) else None
+    return (ref.resource_type, ref.id) if ref is not None else None

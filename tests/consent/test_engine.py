@@ -31,7 +31,7 @@ from gateway.consent.labels import labels_for, load_label_tables
 from gateway.consent.model import ParsedConsent, parse_consent
 from gateway.consent.policy import load_policy
 from gateway.consent.redact import redact
-from gateway.store.searchparams import IndexEntry, _entries, values_at
+from gateway.vocabulary.index import IndexEntry, _entries, values_at
 from tests.support.reach import Reach
 
 POLICIES = Path(__file__).resolve().parents[2] / "consent_policies"
@@ -977,7 +977,7 @@ def test_naive_now_is_read_as_utc() -> None:
 )
 def test_facts_from_index_agree_with_facts_from_the_resource(resource: dict[str, Any]) -> None:
     from gateway.consent.engine import FACT_PARAMS
-    from gateway.store.searchparams import lookup
+    from gateway.vocabulary.registry import lookup
 
     doc = copy.deepcopy(resource)
     doc["meta"] = {"security": labels_for(doc, contributor_kind="shelter", tables=TABLES)}
@@ -1519,7 +1519,8 @@ def test_resources_with_equal_decision_keys_get_the_same_decision() -> None:
     """Search decides once per ``decision_key``: the key must hold every fact that can change
     the answer for these Consents."""
     from gateway.consent.engine import decision_key, facets_examined, facts_from_index
-    from gateway.store.searchparams import FACT_PARAM_NAMES, extract
+    from gateway.vocabulary.index import extract
+    from gateway.vocabulary.registry import FACT_PARAM_NAMES
 
     reach = Reach("two resources with one decision key")
 

@@ -10,9 +10,10 @@ import pytest
 
 from gateway.clock import FrozenClock
 from gateway.errors import Conflict, Gone, NotFound, PreconditionFailed
-from gateway.store.port import ResourceStore, StoredResource
-from gateway.store.query import Cursor, Visibility, parse_search
+from gateway.store.port import Cursor, ResourceStore, StoredResource, Visibility
+from gateway.store.query import parse_search
 from tests.support.records import care_plan, organization, patient, referral, task
+from tests.support.valid import valid, valid_all
 
 
 def body(stored: StoredResource) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def search(store: ResourceStore, resource_type: str, query: str):  # type: ignor
 
 
 def test_create_assigns_id_version_and_last_updated(any_store: ResourceStore) -> None:
-    stored = any_store.create(patient())
+    stored = any_store.create(valid(patient()))
     doc = body(stored)
     assert doc["id"] == stored.id
     assert doc["meta"]["versionId"] == "1"
@@ -42,7 +43,7 @@ def test_create_assigns_id_version_and_last_updated(any_store: ResourceStore) ->
 
 
 def test_read_returns_the_bytes_that_were_stored(any_store: ResourceStore) -> None:
-    stored = any_store.create(patient())
+    stored = any_store.create(valid(patient()))
     assert any_store.read("Patient", stored.id).body == stored.body
 
 
@@ -52,9 +53,9 @@ def test_reading_an_unknown_id_is_not_found(any_store: ResourceStore) -> None:
 
 
 def test_update_writes_a_new_version_and_keeps_the_old_one(any_store: ResourceStore) -> None:
-    first = any_store.create(patient())
+    first = any_store.create(valid(patient()))
     changed = {**body(first), "gender": "other"}
-    second, created = any_store.update("Patient", first.id, changed, if_match=1)
+    second, created = any_store.update("Patient", first.id, valid(changed), if_match=1)
     assert not created
     assert second.version_id == 2
     assert body(any_store.read("Patient", first.id))["gender"] == "other"
@@ -62,16 +63,19 @@ def test_update_writes_a_new_version_and_keeps_the_old_one(any_store: ResourceSt
 
 
 def test_update_with_a_stale_if_match_is_refused(any_store: ResourceStore) -> None:
-    first = any_store.create(patient())
-    any_store.update("Patient", first.id, body(first), if_match=1)
+    first = any_store.create(valid(patient()))
+    any_store.update("Patient", first.id, valid(body(first)), if_match=1)
     with pytest.raises(PreconditionFailed):
-        any_store.update("Patient", first.id, body(first), if_match=1)
+        any_store.update("Patient", first.id, valid(body(first)), if_match=1)
     assert any_store.read("Patient", first.id).version_id == 2
 
 
 def test_update_of_an_absent_resource_creates_it_under_that_id(any_store: ResourceStore) -> None:
     stored, created = any_store.update(
-        "Organization", "harbor-clinic", organization("harbor-clinic", "Harbor"), if_match=None
+        "Organization",
+        "harbor-clinic",
+        valid(organization("harbor-clinic", "Harbor")),
+        if_match=None,
     )
     assert created
     assert stored.id == "harbor-clinic"
@@ -81,12 +85,15 @@ def test_update_of_an_absent_resource_creates_it_under_that_id(any_store: Resour
 def test_if_match_on_an_absent_resource_is_a_failed_precondition(any_store: ResourceStore) -> None:
     with pytest.raises(PreconditionFailed):
         any_store.update(
-            "Organization", "harbor-clinic", organization("harbor-clinic", "Harbor"), if_match=3
+            "Organization",
+            "harbor-clinic",
+            valid(organization("harbor-clinic", "Harbor")),
+            if_match=3,
         )
 
 
 def test_delete_leaves_history_and_makes_reads_gone(any_store: ResourceStore) -> None:
-    stored = any_store.create(patient())
+    stored = any_store.create(valid(patient()))
     marker = any_store.delete("Patient", stored.id)
     assert marker is not None
     assert marker.deleted
@@ -100,7 +107,7 @@ def test_delete_leaves_history_and_makes_reads_gone(any_store: ResourceStore) ->
 
 
 def test_deleted_resources_leave_search(any_store: ResourceStore) -> None:
-    stored = any_store.create(patient())
+    stored = any_store.create(valid(patient()))
     any_store.delete("Patient", stored.id)
     page = search(any_store, "Patient", "family=alvarez")
     assert page.total == 0
@@ -108,18 +115,20 @@ def test_deleted_resources_leave_search(any_store: ResourceStore) -> None:
 
 
 def test_update_after_delete_revives_the_resource(any_store: ResourceStore) -> None:
-    stored = any_store.create(patient())
+    stored = any_store.create(valid(patient()))
     any_store.delete("Patient", stored.id)
-    revived, created = any_store.update("Patient", stored.id, patient(), if_match=None)
+    revived, created = any_store.update("Patient", stored.id, valid(patient()), if_match=None)
     assert created
     assert revived.version_id == 3
     assert ids(search(any_store, "Patient", "family=alvarez")) == [stored.id]
 
 
 def test_history_is_newest_first_and_pages(any_store: ResourceStore) -> None:
-    stored = any_store.create(patient())
+    stored = any_store.create(valid(patient()))
     for gender in ("other", "unknown", "female"):
-        any_store.update("Patient", stored.id, {**patient(), "gender": gender}, if_match=None)
+        any_store.update(
+            "Patient", stored.id, valid({**patient(), "gender": gender}), if_match=None
+        )
     page = any_store.history("Patient", stored.id, count=3)
     assert [v.version_id for v in page.versions] == [4, 3, 2]
     assert page.next_before == 2
@@ -131,10 +140,10 @@ def test_history_is_newest_first_and_pages(any_store: ResourceStore) -> None:
 def test_history_since_keeps_only_later_versions(
     any_store: ResourceStore, clock: FrozenClock
 ) -> None:
-    stored = any_store.create(patient())
+    stored = any_store.create(valid(patient()))
     clock.advance(timedelta(hours=1))
     cut = clock.now()
-    any_store.update("Patient", stored.id, patient(), if_match=None)
+    any_store.update("Patient", stored.id, valid(patient()), if_match=None)
     page = any_store.history("Patient", stored.id, count=10, since=cut)
     assert [v.version_id for v in page.versions] == [2]
 
@@ -145,12 +154,12 @@ def test_history_of_an_unknown_resource_is_not_found(any_store: ResourceStore) -
 
 
 def test_a_failed_transaction_writes_nothing(any_store: ResourceStore) -> None:
-    survivor = any_store.create(patient())
+    survivor = any_store.create(valid(patient()))
 
     def plan_then_stale_update() -> None:
         with any_store.transaction() as tx:
-            tx.create(care_plan(survivor.id))
-            tx.update("Patient", survivor.id, patient(), if_match=7)
+            tx.create(valid(care_plan(survivor.id)))
+            tx.update("Patient", survivor.id, valid(patient()), if_match=7)
 
     with pytest.raises(PreconditionFailed):
         plan_then_stale_update()
@@ -159,14 +168,16 @@ def test_a_failed_transaction_writes_nothing(any_store: ResourceStore) -> None:
 
 
 def test_write_many_creates_and_updates_in_the_callers_order(any_store: ResourceStore) -> None:
-    existing = any_store.create(patient())
+    existing = any_store.create(valid(patient()))
     written = any_store.write_many(
-        [
-            patient("Nguyen", "Linh", mrn="RSH-1"),
-            patient("Okafor", "Amina", mrn="RSH-2"),
-            {**patient(), "id": existing.id, "gender": "other"},
-            organization("harbor-clinic", "Harbor Community Clinic"),
-        ]
+        valid_all(
+            [
+                patient("Nguyen", "Linh", mrn="RSH-1"),
+                patient("Okafor", "Amina", mrn="RSH-2"),
+                {**patient(), "id": existing.id, "gender": "other"},
+                organization("harbor-clinic", "Harbor Community Clinic"),
+            ]
+        )
     )
     assert [w.resource_type for w in written] == ["Patient", "Patient", "Patient", "Organization"]
     assert written[2].id == existing.id
@@ -179,7 +190,7 @@ def test_write_many_creates_and_updates_in_the_callers_order(any_store: Resource
 def test_write_many_refuses_the_same_resource_twice(any_store: ResourceStore) -> None:
     org = organization("harbor-clinic", "Harbor")
     with pytest.raises(Conflict):
-        any_store.write_many([org, org])
+        any_store.write_many(valid_all([org, org]))
 
 
 # -- search --------------------------------------------------------------------------------------
@@ -188,17 +199,26 @@ def test_write_many_refuses_the_same_resource_twice(any_store: ResourceStore) ->
 @pytest.fixture
 def network(any_store: ResourceStore) -> dict[str, str]:
     """Three survivors, plans and referrals across a shelter, a clinic and legal aid."""
-    maria = any_store.create(patient("Álvarez", "María", mrn="RSH-1", birth_date="1994-03-17"))
-    amina = any_store.create(patient("Okafor", "Amina", mrn="RSH-2", birth_date="1988-11-02"))
-    linh = any_store.create(patient("Nguyen", "Linh", mrn="NLA-7", birth_date="2001-06-30"))
-    any_store.update(
-        "Organization", "harbor-clinic", organization("harbor-clinic", "Harbor"), if_match=None
+    maria = any_store.create(
+        valid(patient("Álvarez", "María", mrn="RSH-1", birth_date="1994-03-17"))
     )
-    plan = any_store.create(care_plan(maria.id))
-    any_store.create(care_plan(amina.id, status="completed"))
-    ref = any_store.create(referral(maria.id))
-    any_store.create(referral(linh.id, performer="Organization/northside-legal-aid", code="1"))
-    work = any_store.create(task(ref.id, maria.id))
+    amina = any_store.create(
+        valid(patient("Okafor", "Amina", mrn="RSH-2", birth_date="1988-11-02"))
+    )
+    linh = any_store.create(valid(patient("Nguyen", "Linh", mrn="NLA-7", birth_date="2001-06-30")))
+    any_store.update(
+        "Organization",
+        "harbor-clinic",
+        valid(organization("harbor-clinic", "Harbor")),
+        if_match=None,
+    )
+    plan = any_store.create(valid(care_plan(maria.id)))
+    any_store.create(valid(care_plan(amina.id, status="completed")))
+    ref = any_store.create(valid(referral(maria.id)))
+    any_store.create(
+        valid(referral(linh.id, performer="Organization/northside-legal-aid", code="1"))
+    )
+    work = any_store.create(valid(task(ref.id, maria.id)))
     return {
         "maria": maria.id,
         "amina": amina.id,
@@ -237,7 +257,7 @@ def test_a_string_search_compares_the_first_64_characters(
     assert ids(search(any_store, "Patient", "family=oka")) == [network["amina"]]
     assert ids(search(any_store, "Patient", "family=okafor" + "x" * 70)) == []
     long_name = "Okafor-" + "b" * 70
-    stored = any_store.create(patient(long_name, "Ada"))
+    stored = any_store.create(valid(patient(long_name, "Ada")))
     # Beyond 64 characters the index keeps no prefix: the rest of the value is not compared.
     beyond = long_name[:64] + "zzz"
     assert ids(search(any_store, "Patient", f"family={beyond}")) == [stored.id]
@@ -308,7 +328,7 @@ def test_period_dates_match_by_overlap(any_store: ResourceStore, network: dict[s
 
 
 def test_missing_modifier(any_store: ResourceStore, network: dict[str, str]) -> None:
-    any_store.create({"resourceType": "Patient", "name": [{"family": "Doe-Unknown"}]})
+    any_store.create(valid({"resourceType": "Patient", "name": [{"family": "Doe-Unknown"}]}))
     missing = search(any_store, "Patient", "birthdate:missing=true")
     assert [body(r)["name"][0]["family"] for r in missing.matches] == ["Doe-Unknown"]
     assert search(any_store, "Patient", "birthdate:missing=false").total == 3
@@ -364,8 +384,10 @@ def test_revinclude_brings_the_referring_resources(
 
 
 def test_paging_walks_every_match_once_in_both_directions(any_store: ResourceStore) -> None:
-    survivor = any_store.create(patient())
-    plans = [any_store.create(care_plan(survivor.id, title=f"Plan {i}")).id for i in range(7)]
+    survivor = any_store.create(valid(patient()))
+    plans = [
+        any_store.create(valid(care_plan(survivor.id, title=f"Plan {i}"))).id for i in range(7)
+    ]
     seen: list[str] = []
     pages = []
     query = f"patient={survivor.id}&_count=3"
@@ -384,19 +406,21 @@ def test_paging_walks_every_match_once_in_both_directions(any_store: ResourceSto
 
 
 def test_paging_is_stable_when_resources_are_added_meanwhile(any_store: ResourceStore) -> None:
-    survivor = any_store.create(patient())
-    plans = [any_store.create(care_plan(survivor.id)).id for _ in range(4)]
+    survivor = any_store.create(valid(patient()))
+    plans = [any_store.create(valid(care_plan(survivor.id))).id for _ in range(4)]
     first = search(any_store, "CarePlan", "_count=2")
-    any_store.create(care_plan(survivor.id))  # lands after every existing row
+    any_store.create(valid(care_plan(survivor.id)))  # lands after every existing row
     second = search(any_store, "CarePlan", f"_count=2&_cursor={first.next_cursor}")
     assert ids(first) + ids(second) == plans
 
 
 def test_sort_by_last_updated_descending(any_store: ResourceStore) -> None:
-    survivor = any_store.create(patient())
-    first = any_store.create(care_plan(survivor.id))
-    second = any_store.create(care_plan(survivor.id))
-    any_store.update("CarePlan", first.id, care_plan(survivor.id, status="revoked"), if_match=None)
+    survivor = any_store.create(valid(patient()))
+    first = any_store.create(valid(care_plan(survivor.id)))
+    second = any_store.create(valid(care_plan(survivor.id)))
+    any_store.update(
+        "CarePlan", first.id, valid(care_plan(survivor.id, status="revoked")), if_match=None
+    )
     newest_first = search(any_store, "CarePlan", "_sort=-_lastUpdated")
     assert ids(newest_first) == [first.id, second.id]
     page = search(any_store, "CarePlan", "_sort=-_lastUpdated&_count=1")
@@ -418,10 +442,10 @@ def test_a_cursor_for_another_sort_is_refused() -> None:
 def test_the_creator_stays_the_contributor_through_every_later_write(
     any_store: ResourceStore,
 ) -> None:
-    stored = any_store.create(patient(), contributor="riverside-shelter")
+    stored = any_store.create(valid(patient(), "riverside-shelter"))
     assert stored.contributor == "riverside-shelter"
     updated, _ = any_store.update(
-        "Patient", stored.id, patient(gender="other"), if_match=None, contributor="harbor-clinic"
+        "Patient", stored.id, valid(patient(gender="other"), "harbor-clinic"), if_match=None
     )
     assert updated.contributor == "riverside-shelter"
     assert any_store.read("Patient", stored.id).contributor == "riverside-shelter"
@@ -437,16 +461,17 @@ def test_update_as_create_and_batches_record_the_contributor(any_store: Resource
     org, created = any_store.update(
         "Organization",
         "harbor-clinic",
-        organization("harbor-clinic", "Harbor"),
+        valid(organization("harbor-clinic", "Harbor"), "harbor-clinic"),
         if_match=None,
-        contributor="harbor-clinic",
     )
     assert created
     assert org.contributor == "harbor-clinic"
-    existing = any_store.create(patient(), contributor="riverside-shelter")
+    existing = any_store.create(valid(patient(), "riverside-shelter"))
     written = any_store.write_many(
-        [patient("Okafor", "Amina", mrn="RSH-2"), {**patient(), "id": existing.id}],
-        contributor="northside-legal-aid",
+        valid_all(
+            [patient("Okafor", "Amina", mrn="RSH-2"), {**patient(), "id": existing.id}],
+            "northside-legal-aid",
+        )
     )
     assert [w.contributor for w in written] == ["northside-legal-aid", "riverside-shelter"]
     page = search(any_store, "Patient", "_sort=_id")
@@ -457,7 +482,7 @@ def test_update_as_create_and_batches_record_the_contributor(any_store: Resource
 
 
 def test_data_the_gateway_wrote_itself_has_no_contributor(any_store: ResourceStore) -> None:
-    stored = any_store.create(patient())
+    stored = any_store.create(valid(patient()))
     assert stored.contributor is None
     assert any_store.read("Patient", stored.id).contributor is None
 
@@ -467,13 +492,16 @@ def test_visible_to_keeps_a_partners_own_records_and_the_gateways_directory(
 ) -> None:
     from dataclasses import replace
 
-    mine = any_store.create(patient(mrn="HCC-1"), contributor="harbor-clinic")
-    any_store.create(patient(mrn="RSH-1"), contributor="riverside-shelter")
-    plan = any_store.create(care_plan(mine.id), contributor="harbor-clinic")
+    mine = any_store.create(valid(patient(mrn="HCC-1"), "harbor-clinic"))
+    any_store.create(valid(patient(mrn="RSH-1"), "riverside-shelter"))
+    plan = any_store.create(valid(care_plan(mine.id), "harbor-clinic"))
     any_store.update(
-        "Organization", "harbor-clinic", organization("harbor-clinic", "Harbor"), if_match=None
+        "Organization",
+        "harbor-clinic",
+        valid(organization("harbor-clinic", "Harbor")),
+        if_match=None,
     )
-    any_store.create({"resourceType": "Organization", "name": "Riverside"}, contributor="x")
+    any_store.create(valid({"resourceType": "Organization", "name": "Riverside"}, "x"))
     query = parse_search("Patient", [("_revinclude", "CarePlan:subject")])
     clinic = Visibility("harbor-clinic", frozenset({"Organization"}))
     page = any_store.search(replace(query, visible_to=clinic))

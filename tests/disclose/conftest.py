@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from gateway.access.requester import Requester
 from gateway.app import create_app
 from gateway.clock import FrozenClock
-from gateway.disclose.deps import Requester, fixed_requester
+from gateway.disclose.deps import fixed_requester
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
 from tests.support.network import BASE, gateway_settings, partner_client, post

@@ -15,6 +15,7 @@ from gateway.settings import Settings
 from gateway.store.sql import SqlStore
 from tests.support.network import partner_client, post, release_consent
 from tests.support.records import organization
+from tests.support.valid import valid
 
 REVIEW_SCOPES = ("system/AuditEvent.rs", "system/Organization.rs", "system/Patient.rs")
 
@@ -35,10 +36,8 @@ def released_and_read(
     shelter_record: dict[str, str],
 ) -> dict[str, str]:
     """The survivor's plan released to the clinic, read by it twice, and by the shelter."""
-    sql_store.update(
-        "Organization", "harbor-clinic", organization("harbor-clinic", "Harbor Community Clinic"),
-        if_match=None,
-    )  # fmt: skip
+    directory_entry = valid(organization("harbor-clinic", "Harbor Community Clinic"))
+    sql_store.update("Organization", "harbor-clinic", directory_entry, if_match=None)
     post(shelter, "/fhir/Consent", release_consent(shelter_record["patient"]))
     for _ in range(2):
         assert clinic.get(f"/fhir/CarePlan/{shelter_record['plan']}").status_code == 200

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from gateway.access.scopes import ScopeGrant
 from gateway.app import create_app
 from gateway.clock import FrozenClock
 from gateway.disclose.auth import (
@@ -34,7 +35,6 @@ from gateway.disclose.auth import (
     TokenService,
     load_token_signing_key,
 )
-from gateway.disclose.scopes import ScopeGrant
 from gateway.partners import PartnerDirectory, load_partners, mint_client_assertion, public_jwk
 from gateway.settings import Settings
 from gateway.store.database import make_engine
@@ -651,7 +651,8 @@ def test_a_partner_removed_from_the_directory_loses_access_at_once(
 def test_an_explicit_authenticator_still_wins_over_partners(
     settings: Settings, sql_store: SqlStore, clock: FrozenClock, network: PartnerDirectory
 ) -> None:
-    from gateway.disclose.deps import Requester, fixed_requester
+    from gateway.access.requester import Requester
+    from gateway.disclose.deps import fixed_requester
 
     admin = fixed_requester(
         Requester(partner_id="gateway-admin", kind="admin", scopes=("system/*.cruds",))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
 from gateway.clock import FrozenClock
@@ -27,6 +27,7 @@ from tests.consent.test_engine import LABELS, consent_doc, prov, provisions
 from tests.support.network import FHIR, KINDS, gateway_settings, partner_client
 from tests.support.reach import Reach
 from tests.support.records import care_plan, patient, referral, task
+from tests.support.valid import valid
 
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "consent_policies")
 ACTCODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -42,9 +43,11 @@ REQUESTERS = (
 AGREEMENT = settings(
     max_examples=30,
     deadline=None,
-    # The same examples on every run: the share of examples that released something by Consent
-    # is then a fact about the test, not a coin toss.
-    derandomize=True,
+    # The same examples on every run (a fixed seed, see the test: derandomize would seed from the
+    # test's source, and the share moved with every edit): the share of examples that released
+    # something by Consent is then a fact about the test, not a coin toss.
+    derandomize=False,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
@@ -112,6 +115,7 @@ def test_rest_reads_and_searches_agree_with_decide(
     reach = Reach("REST agreed with decide on a release by Consent")
 
     @AGREEMENT
+    @seed(5)
     @given(data=st.data())
     def agree(data: st.DataObject) -> None:
         reach.example()
@@ -137,9 +141,13 @@ def test_rest_reads_and_searches_agree_with_decide(
         consent_docs = data.draw(consents(patient_id, f"Organization/{partner_id}", purposes))
         parsed = []
         for doc in consent_docs:  # as recorded, odd ones included: the engine must cope
-            # Each recorded by one of the partners: a Consent governs its recorder's records.
-            recorder = data.draw(st.sampled_from(CONTRIBUTORS))
-            any_store.create(doc, contributor=recorder, resource_id=doc["id"])
+            # Each recorded by one of the partners: a Consent governs its recorder's records. The
+            # release is recorded by a partner that wrote some of them (a release by a partner
+            # that holds nothing of hers releases nothing, and the property would rarely see a
+            # release at all).
+            holders = sorted({c for c, _ in written}) if doc["id"].startswith("r-") else []
+            recorder = data.draw(st.sampled_from(holders or CONTRIBUTORS))
+            any_store.create(valid(doc, recorder), resource_id=doc["id"])
             parsed.append(parse_consent(doc, recorder=recorder))
         request = AccessRequest(
             partner_id, KINDS[partner_id], f"Organization/{partner_id}", purposes, "read"
@@ -174,4 +182,4 @@ def test_rest_reads_and_searches_agree_with_decide(
                 assert found["total"] == len(bodies)
 
     agree()
-    reach.check(minimum=0.25, at_least=10)  # derandomized: 12/39 on every store
+    reach.check(minimum=0.25, at_least=10)  # seed 5: 12/31 on every store

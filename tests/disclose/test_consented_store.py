@@ -15,6 +15,7 @@ from gateway.settings import Settings
 from gateway.store.sql import SqlStore
 from tests.support.network import FHIR, partner_client, post, reading_requests, release_consent
 from tests.support.records import MRN, care_plan, patient, referral
+from tests.support.valid import valid
 
 
 def test_a_partner_reads_back_what_it_contributed(
@@ -161,7 +162,7 @@ def test_the_gateways_directory_organizations_are_visible_to_every_partner_but_r
         "id": "riverside-shelter",
         "name": "Riverside Safe Haven",
     }
-    sql_store.update("Organization", "riverside-shelter", entry, if_match=None)
+    sql_store.update("Organization", "riverside-shelter", valid(entry), if_match=None)
     assert clinic.get("/fhir/Organization/riverside-shelter").status_code == 200
     renamed = {**entry, "name": "Somewhere Else"}
     url = "/fhir/Organization/riverside-shelter"

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from gateway.app import create_app
+from gateway.app import create_app, raw_store
 from gateway.audit.trail import MemoryAuditLog
 from gateway.clock import FrozenClock
 from gateway.observability import LOGGER, JsonFormatter
@@ -67,7 +67,7 @@ def test_access_logs_are_json_with_route_templates_and_no_phi(
 def test_an_unexpected_error_is_a_500_outcome_without_a_trace(
     client: TestClient, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = client.app.state.gateway.store  # type: ignore[attr-defined]
+    store = raw_store(client.app)  # type: ignore[arg-type]
 
     def explode(*_args: object, **_kw: object) -> None:
         raise RuntimeError("secret detail: María Álvarez, 12 Elm Street")
@@ -255,7 +255,7 @@ def test_a_frozen_readiness_probe_never_blocks_the_worker_and_answers_503_in_tim
 def test_a_database_past_its_bounds_is_a_503_outcome_without_the_drivers_words(
     client: TestClient, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = client.app.state.gateway.store  # type: ignore[attr-defined]
+    store = raw_store(client.app)  # type: ignore[arg-type]
 
     def pool_exhausted(*_args: object, **_kw: object) -> None:
         raise PoolTimeout("QueuePool limit of size 8 overflow 8 reached: María Álvarez")

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from gateway.store.sql import SqlStore
 from tests.support.network import FHIR
 from tests.support.records import MRN, care_plan, patient, referral, task
+from tests.support.valid import valid
 
 
 def post(client: TestClient, url: str, resource: dict[str, Any], **headers: str) -> Any:
@@ -214,7 +215,7 @@ def test_include_and_revinclude_mark_entries_as_include(
     client: TestClient, sql_store: SqlStore
 ) -> None:
     directory = {"resourceType": "Organization", "id": "harbor-clinic", "name": "Harbor Clinic"}
-    sql_store.update("Organization", "harbor-clinic", directory, if_match=None)
+    sql_store.update("Organization", "harbor-clinic", valid(directory), if_match=None)
     survivor = post(client, "/fhir/Patient", patient()).json()["id"]
     ref = post(client, "/fhir/ServiceRequest", referral(survivor)).json()["id"]
     post(client, "/fhir/Task", task(ref, survivor))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.disclose.scopes import ScopeGrant, grant, parse_scope, parse_scopes
+from gateway.access.scopes import ScopeGrant, grant, parse_scope, parse_scopes
 
 
 @pytest.mark.parametrize(

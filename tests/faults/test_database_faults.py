@@ -20,9 +20,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from gateway.app import create_app
+from gateway.access.requester import Requester
+from gateway.app import create_app, raw_store
 from gateway.clock import FrozenClock
-from gateway.disclose.deps import Requester, fixed_requester
+from gateway.disclose.deps import fixed_requester
 from gateway.keys import KeyRing
 from gateway.store.database import DatabaseTimeouts, make_engine, upgrade
 from gateway.store.sql import SqlStore
@@ -220,7 +221,7 @@ def test_the_served_app_takes_its_database_bounds_from_the_settings(
         db_pool_timeout_seconds=4,
     )
     app = create_app(settings, authenticate=SHELTER)
-    engine: Engine = app.state.gateway.store.engine
+    engine: Engine = raw_store(app).engine  # type: ignore[attr-defined]
     try:
         assert engine.pool.timeout() == 4  # type: ignore[attr-defined]
         with engine.connect() as conn:

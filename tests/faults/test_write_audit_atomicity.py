@@ -17,10 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
+from gateway.access.requester import Requester
 from gateway.app import create_app
 from gateway.audit.checkpoints import load_public_keys, public_key_path
 from gateway.clock import FrozenClock
-from gateway.disclose.deps import Requester, fixed_requester
+from gateway.disclose.deps import fixed_requester
 from gateway.keys import KeyRing
 from gateway.store.sql import SqlStore
 from tests.support.network import BASE, gateway_settings

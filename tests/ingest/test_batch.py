@@ -7,10 +7,22 @@ from typing import Any
 
 import pytest
 
+from gateway.access.requester import Requester
+from gateway.consent.store import ConsentedStore
 from gateway.ingest.batch import BatchIngest
 from gateway.store.port import ResourceStore
 from gateway.store.query import parse_search
 from tests.support.records import care_plan, patient
+from tests.support.valid import valid
+
+SHELTER = Requester(
+    "riverside-shelter", "shelter", "Organization/riverside-shelter", ("system/*.cruds",)
+)
+
+
+def as_shelter(store: ResourceStore) -> ConsentedStore:
+    """The shelter's own store: what an ingest for the shelter writes through."""
+    return ConsentedStore(store, SHELTER)
 
 
 def survivors_with_two_bad_records() -> list[dict[str, Any]]:
@@ -26,7 +38,7 @@ def test_valid_records_land_and_bad_ones_come_back_with_their_position(
 ) -> None:
     records = survivors_with_two_bad_records()
     seen: list[int] = []
-    report = BatchIngest(any_store, batch_size=3, workers=workers).run(
+    report = BatchIngest(as_shelter(any_store), batch_size=3, workers=workers).run(
         records, on_batch=seen.append
     )
     assert report.written == 7
@@ -39,20 +51,20 @@ def test_valid_records_land_and_bad_ones_come_back_with_their_position(
 
 
 def test_batches_are_written_in_input_order(any_store: ResourceStore) -> None:
-    survivor = any_store.create(patient())
+    survivor = any_store.create(valid(patient(), "riverside-shelter"))
     plans = [care_plan(survivor.id, title=f"Plan {n}") for n in range(10)]
-    BatchIngest(any_store, batch_size=4, workers=0).run(plans)
+    BatchIngest(as_shelter(any_store), batch_size=4, workers=0).run(plans)
     page = any_store.search(parse_search("CarePlan", [("_count", "20")]))
     assert [m.body.count(f"Plan {n}".encode()) for n, m in enumerate(page.matches)] == [1] * 10
 
 
 def test_nothing_to_ingest_is_an_empty_report(any_store: ResourceStore) -> None:
-    report = BatchIngest(any_store, workers=1).run([])
+    report = BatchIngest(as_shelter(any_store), workers=1).run([])
     assert (report.written, report.rejected) == (0, [])
 
 
 def test_nonsense_settings_are_refused(any_store: ResourceStore) -> None:
     with pytest.raises(ValueError, match="batch_size"):
-        BatchIngest(any_store, batch_size=0)
+        BatchIngest(as_shelter(any_store), batch_size=0)
     with pytest.raises(ValueError, match="workers"):
-        BatchIngest(any_store, workers=-1)
+        BatchIngest(as_shelter(any_store), workers=-1)

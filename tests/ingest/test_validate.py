@@ -19,16 +19,17 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.fhir_data import mixed_resources
+from gateway.access.requester import Requester
 from gateway.app import create_app
 from gateway.clock import FrozenClock
-from gateway.disclose.deps import Requester, fixed_requester
+from gateway.disclose.deps import fixed_requester
 from gateway.errors import Issue, Unprocessable
-from gateway.ingest import validate as v
-from gateway.ingest.validate import validate_resource
 from gateway.keys import init_keys
 from gateway.settings import Settings
-from gateway.store.searchparams import RESOURCE_TYPES
 from gateway.store.sql import SqlStore
+from gateway.vocabulary.registry import RESOURCE_TYPES
+from gateway.write import validate as v
+from gateway.write.validate import validate_resource
 from tests.conftest import START
 from tests.support.network import BASE, FHIR
 from tests.support.reach import Reach

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from gateway.access.requester import Requester
 from gateway.app import create_app
 from gateway.clock import FrozenClock
-from gateway.disclose.deps import Requester, fixed_requester
+from gateway.disclose.deps import fixed_requester
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
 

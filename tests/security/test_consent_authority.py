@@ -16,6 +16,7 @@ from gateway.settings import Settings
 from gateway.store.sql import SqlStore
 from tests.support.network import FHIR, partner_client, post, release_consent
 from tests.support.records import patient, referral
+from tests.support.valid import valid
 
 ABSENT = "00000000-0000-4000-8000-000000000000"
 
@@ -89,7 +90,7 @@ def test_a_legacy_rogue_consent_governs_nothing_of_the_contributors(
     """Even a Consent that reached the database around the write rule (written before it
     existed) releases and blocks nothing of another partner's records."""
     stolen = release_consent(shelter_record["patient"])
-    sql_store.create(stolen, contributor="harbor-clinic")
+    sql_store.create(valid(stolen, "harbor-clinic"))
     assert clinic.get(f"/fhir/ServiceRequest/{shelter_record['referral']}").status_code == 404
     found = clinic.get(f"/fhir/ServiceRequest?patient={shelter_record['patient']}").json()
     assert found["total"] == 0

@@ -34,6 +34,7 @@ from gateway.store.sql import SqlStore
 from gateway.vocabulary.security import INLINE_LABEL
 from tests.support.network import FHIR, partner_client, post, release_consent
 from tests.support.records import care_plan, patient, referral
+from tests.support.valid import valid
 
 ACTCODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 LOCIS = {"url": INLINE_LABEL, "valueCoding": {"system": ACTCODE, "code": "LOCIS"}}
@@ -44,7 +45,7 @@ TABLES = load_label_tables(Path(__file__).resolve().parents[2] / "consent_polici
 def _directory(store: SqlStore, org_id: str) -> None:
     """A directory Organization the gateway's administrator wrote (no contributor)."""
     doc = {"resourceType": "Organization", "id": org_id, "active": True, "name": org_id}
-    store.create(doc, contributor=None, resource_id=org_id)
+    store.create(valid(doc, None), resource_id=org_id)
 
 
 def _entries(bundle: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.consent.policy import load_policy
-from gateway.store.searchparams import PARAMS
+from gateway.vocabulary.registry import PARAMS
 from gateway.vocabulary.security import INLINE_LABEL
 from tests.support.network import post, release_consent
 from tests.support.records import HMIS, MRN, patient

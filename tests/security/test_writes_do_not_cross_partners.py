@@ -35,6 +35,7 @@ from tests.support.network import (
     release_consent,
 )
 from tests.support.records import HMIS, care_plan, patient, referral, task
+from tests.support.valid import valid
 
 SHELTER = "riverside-shelter"
 OBSERVERS = (
@@ -244,7 +245,7 @@ def test_nothing_one_partner_writes_changes_another_partners_disclosures(
             written = 0
             for method, url, doc, headers in data.draw(attacks(attacker, survivor, records, hmis)):
                 if method == "RAW":
-                    any_store.create(doc, contributor=attacker)
+                    any_store.create(valid(doc, attacker))
                     continue
                 content = orjson.dumps(doc) if doc is not None else None
                 response = attackers[attacker].request(

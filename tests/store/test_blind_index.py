@@ -21,6 +21,7 @@ from gateway.store.schema import search_index
 from gateway.store.sql import SqlStore
 from tests.support.reach import Reach
 from tests.support.records import patient
+from tests.support.valid import valid
 
 START = datetime(2026, 12, 2, tzinfo=UTC)
 
@@ -81,8 +82,8 @@ def twins(request: pytest.FixtureRequest, tmp_path: Any, key_ring: KeyRing) -> A
     docs = _dates(random.Random(7), 120)
     ids = {}
     for doc in docs:
-        a = sql.create(doc)
-        b = memory.create(doc)
+        a = sql.create(valid(doc))
+        b = memory.create(valid(doc))
         ids[a.id] = b.id
     yield sql, memory, ids
     for _ in stores:
@@ -129,7 +130,7 @@ def _index_values(store: SqlStore) -> set[str]:
 def test_the_index_holds_no_name_identifier_birth_date_or_code_in_clear(
     sql_store: SqlStore,
 ) -> None:
-    sql_store.create(patient("Okafor", "Amina", mrn="RSH-2", birth_date="1988-11-02"))
+    sql_store.create(valid(patient("Okafor", "Amina", mrn="RSH-2", birth_date="1988-11-02")))
     values = _index_values(sql_store)
     for clear in ("okafor", "Okafor", "amina", "RSH-2", "1988-11-02", "1988-11", "female"):
         assert not any(clear in v for v in values), clear
@@ -148,7 +149,7 @@ def test_after_a_rotation_search_finds_old_rows_and_reindex_moves_them(
     first = new_encryption_key(START)
     ring = KeyRing([first], first.key_id)
     store = SqlStore(sqlite_engine(tmp_path), ring, clock)
-    amina = store.create(patient("Okafor", "Amina", mrn="RSH-2", birth_date="1988-11-02"))
+    amina = store.create(valid(patient("Okafor", "Amina", mrn="RSH-2", birth_date="1988-11-02")))
     rotated = ring.with_new_key(START)
     store = SqlStore(store.engine, rotated, clock)
     query = parse_search("Patient", [("family", "oka"), ("identifier", "RSH-2")])
@@ -174,7 +175,7 @@ def test_after_a_rotation_search_finds_old_rows_and_reindex_moves_them(
 def test_a_database_upgraded_but_not_reindexed_is_counted_and_reindex_restores_search(
     sql_store: SqlStore,
 ) -> None:
-    amina = sql_store.create(patient("Okafor", "Amina", mrn="RSH-2"))
+    amina = sql_store.create(valid(patient("Okafor", "Amina", mrn="RSH-2")))
     # What migration 0005 leaves behind: the clear index dropped, no sealed facts yet.
     with sql_store.engine.begin() as conn:
         conn.execute(text("DELETE FROM search_index"))
@@ -211,7 +212,7 @@ def test_a_write_racing_db_reindex_keeps_its_own_index_and_facts(
 
     import gateway.store.sql_session as session_module
 
-    amina = sql_store.create(patient("Okafor", "Amina"))
+    amina = sql_store.create(valid(patient("Okafor", "Amina")))
     real_extract = getattr(session_module, "extract")  # noqa: B009 (the name patched below)
     writer: list[threading.Thread] = []
 
@@ -219,7 +220,7 @@ def test_a_write_racing_db_reindex_keeps_its_own_index_and_facts(
         if not writer:  # the first record reindexed: a write to it arrives now
             renamed = {**patient("Smith", "Amina"), "id": amina.id}
             thread = threading.Thread(
-                target=lambda: sql_store.update("Patient", amina.id, renamed, if_match=None)
+                target=lambda: sql_store.update("Patient", amina.id, valid(renamed), if_match=None)
             )
             writer.append(thread)
             thread.start()

@@ -6,11 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 
+from gateway.access.requester import Requester
+from gateway.consent.store import ConsentedSession
 from gateway.disclose.interactions import Interactions, Prefer
 from gateway.errors import Conflict, PreconditionFailed
 from gateway.store.query import parse_search
 from gateway.store.sql import SqlStore
 from tests.support.records import MRN, organization, patient
+from tests.support.valid import checked, valid
 
 WRITERS = 6
 ROUNDS = 5
@@ -18,7 +21,7 @@ ROUNDS = 5
 
 def test_optimistic_writers_never_lose_an_update(sql_store: SqlStore) -> None:
     """Each writer adds its own tag with If-Match, retrying when it loses the race."""
-    first = sql_store.create(patient())
+    first = sql_store.create(valid(patient()))
 
     def writer(n: int) -> int:
         attempts = 0
@@ -30,7 +33,7 @@ def test_optimistic_writers_never_lose_an_update(sql_store: SqlStore) -> None:
                 tags = doc.setdefault("meta", {}).setdefault("tag", [])
                 tags.append({"system": "urn:test:writer", "code": f"w{n}-r{round_}"})
                 try:
-                    sql_store.update("Patient", first.id, doc, if_match=current.version_id)
+                    sql_store.update("Patient", first.id, valid(doc), if_match=current.version_id)
                     break
                 except (PreconditionFailed, Conflict):
                     continue
@@ -50,7 +53,7 @@ def test_racing_creates_of_one_id_make_one_resource(sql_store: SqlStore) -> None
             _stored, created = sql_store.update(
                 "Organization",
                 "harbor-clinic",
-                organization("harbor-clinic", "Harbor"),
+                valid(organization("harbor-clinic", "Harbor")),
                 if_match=None,
             )
         except Conflict:
@@ -64,6 +67,9 @@ def test_racing_creates_of_one_id_make_one_resource(sql_store: SqlStore) -> None
     assert head.version_id == outcomes.count("created") + outcomes.count("updated")
 
 
+WRITER = Requester("riverside-shelter", "shelter", scopes=("system/*.cruds",))
+
+
 def test_racing_conditional_creates_make_one_resource(sql_store: SqlStore) -> None:
     """The REST path: If-None-Exist runs check-then-create under a lock on its criteria."""
     interactions = Interactions("http://gateway.test/fhir", default_count=50, max_count=500)
@@ -71,7 +77,12 @@ def test_racing_conditional_creates_make_one_resource(sql_store: SqlStore) -> No
 
     def conditional_create(_: int) -> str:
         with sql_store.transaction() as tx:
-            result = interactions.create(tx, patient(), prefer=Prefer(), if_none_exist=criteria)
+            result = interactions.create(
+                ConsentedSession(tx, WRITER),
+                checked(patient()),
+                prefer=Prefer(),
+                if_none_exist=criteria,
+            )
         return "created" if result.status == 201 else "existing"
 
     with ThreadPoolExecutor(WRITERS) as pool:

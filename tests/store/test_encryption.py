@@ -28,12 +28,13 @@ from gateway.store.schema import resource_versions
 from gateway.store.sql import SqlStore
 from tests.conftest import START
 from tests.support.records import patient
+from tests.support.valid import valid
 
 
 def test_the_database_never_holds_a_name_or_identifier_in_a_version_row(
     sql_store: SqlStore,
 ) -> None:
-    stored = sql_store.create(patient("Álvarez", "María", mrn="RSH-000412"))
+    stored = sql_store.create(valid(patient("Álvarez", "María", mrn="RSH-000412")))
     with sql_store.engine.connect() as conn:
         payload = conn.execute(select(resource_versions.c.payload)).scalar_one()
     assert b"RSH-000412" not in payload
@@ -42,7 +43,7 @@ def test_the_database_never_holds_a_name_or_identifier_in_a_version_row(
 
 
 def test_a_tampered_ciphertext_is_refused_not_served(sql_store: SqlStore) -> None:
-    stored = sql_store.create(patient())
+    stored = sql_store.create(valid(patient()))
     with sql_store.engine.begin() as conn:
         payload = conn.execute(select(resource_versions.c.payload)).scalar_one()
         flipped = payload[:-1] + bytes([payload[-1] ^ 1])
@@ -52,8 +53,8 @@ def test_a_tampered_ciphertext_is_refused_not_served(sql_store: SqlStore) -> Non
 
 
 def test_a_ciphertext_moved_to_another_row_does_not_decrypt(sql_store: SqlStore) -> None:
-    maria = sql_store.create(patient("Álvarez", "María", mrn="RSH-1"))
-    amina = sql_store.create(patient("Okafor", "Amina", mrn="RSH-2"))
+    maria = sql_store.create(valid(patient("Álvarez", "María", mrn="RSH-1")))
+    amina = sql_store.create(valid(patient("Okafor", "Amina", mrn="RSH-2")))
     with sql_store.engine.begin() as conn:
         rows = conn.execute(
             select(resource_versions.c.rid, resource_versions.c.payload).order_by(
@@ -77,11 +78,11 @@ def test_rotation_keeps_old_rows_readable_and_reencrypt_moves_them(
     init_keys(keys_dir, START)
     ring = FileKeyRing(keys_dir, recheck_seconds=0)
     store = SqlStore(sql_store.engine, ring, clock)
-    old = store.create(patient(mrn="RSH-1"))
+    old = store.create(valid(patient(mrn="RSH-1")))
     first_key = ring.current().active
 
     rotate_encryption_key(keys_dir, START + timedelta(days=1))
-    new = store.create(patient(mrn="RSH-2"))
+    new = store.create(valid(patient(mrn="RSH-2")))
     second_key = ring.current().active
     assert second_key != first_key
     assert store.count_by_key() == {first_key: 1, second_key: 1}

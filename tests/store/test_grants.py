@@ -24,12 +24,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
+from gateway.access.requester import Requester
 from gateway.app import create_app
 from gateway.audit.chain import AuditChain, CheckpointSigner
 from gateway.audit.events import Activity, Actor, audit_events
 from gateway.cli import app as cli
 from gateway.clock import FrozenClock
-from gateway.disclose.deps import Requester, fixed_requester
+from gateway.disclose.deps import fixed_requester
 from gateway.keys import KeyRing, check_keys, init_keys
 from gateway.partners import partners_for
 from gateway.settings import Settings
@@ -51,6 +52,7 @@ from tests.support.databases import admin_url, create_database, drop_database
 from tests.support.network import BASE, FHIR
 from tests.support.records import patient
 from tests.support.server import ROOT
+from tests.support.valid import valid
 
 runner = CliRunner()
 postgres = pytest.mark.postgres
@@ -377,9 +379,9 @@ def test_the_application_role_creates_reads_updates_and_searches_resources(
     app_engine: Engine, key_ring: KeyRing, clock: FrozenClock
 ) -> None:
     store = SqlStore(app_engine, key_ring, clock)
-    created = store.create(patient(family="Okafor", mrn="RSH-GRANTS-1"), contributor="riverside")
+    created = store.create(valid(patient(family="Okafor", mrn="RSH-GRANTS-1"), "riverside"))
     changed = orjson.loads(created.body) | {"birthDate": "1990-01-02"}
-    updated, was_created = store.update("Patient", created.id, changed, if_match=1)
+    updated, was_created = store.update("Patient", created.id, valid(changed), if_match=1)
     assert not was_created
     assert updated.version_id == 2
     assert orjson.loads(store.read("Patient", created.id).body)["birthDate"] == "1990-01-02"

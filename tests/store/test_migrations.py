@@ -27,6 +27,7 @@ from gateway.store.sql import SqlStore
 from tests.conftest import POSTGRES_URL
 from tests.support.databases import create_database, drop_database
 from tests.support.records import patient
+from tests.support.valid import valid
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -67,7 +68,7 @@ def test_upgrade_from_each_earlier_revision_keeps_the_data(
     upgrade(empty_engine)
     assert current_revision(empty_engine) == head_revision()
     store = SqlStore(empty_engine, key_ring, clock)  # type: ignore[arg-type]
-    written = store.create(patient())
+    written = store.create(valid(patient()))
     assert store.read("Patient", written.id).body == written.body
 
 

@@ -15,22 +15,26 @@ from gateway.errors import BadRequest, UnknownParameter
 from gateway.keys import KeyRing, new_encryption_key
 from gateway.store.database import make_engine, upgrade
 from gateway.store.memory import MemoryStore
-from gateway.store.query import (
-    MAX_INCLUDES,
-    MAX_OR_VALUES,
-    MAX_SEARCH_CLAUSES,
-    MAX_VALUE_CHARS,
+from gateway.store.port import (
     Cursor,
     DateCriterion,
     ReferenceCriterion,
     StringCriterion,
     TokenCriterion,
+)
+from gateway.store.query import (
+    MAX_INCLUDES,
+    MAX_OR_VALUES,
+    MAX_SEARCH_CLAUSES,
+    MAX_VALUE_CHARS,
     parse_search,
 )
-from gateway.store.searchparams import extract, normalise, parse_date_range
 from gateway.store.sql import SqlStore
+from gateway.vocabulary.dates import parse_date_range
+from gateway.vocabulary.index import extract, normalise
 from tests.support.reach import Reach
 from tests.support.records import patient
+from tests.support.valid import valid
 
 
 def test_comma_is_or_and_backslash_escapes_it() -> None:
@@ -184,8 +188,8 @@ def test_memory_and_sqlite_answer_every_search_alike(twin_stores: tuple[Path, Ke
                 **patient(family, given_name, mrn=str(i), birth_date=str(born), gender=gender),
                 "id": f"p{i}",
             }
-            sql.update("Patient", doc["id"], doc, if_match=None)
-            memory.update("Patient", doc["id"], doc, if_match=None)
+            sql.update("Patient", doc["id"], valid(doc), if_match=None)
+            memory.update("Patient", doc["id"], valid(doc), if_match=None)
         parsed = parse_search("Patient", query)
         pages = []
         for store in (sql, memory):

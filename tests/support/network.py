@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 from fastapi.testclient import TestClient
 
+from gateway.access.requester import Requester
 from gateway.app import create_app
 from gateway.audit.trail import AuditLog, MemoryAuditLog
 from gateway.clock import FrozenClock
-from gateway.disclose.deps import Requester, fixed_requester
+from gateway.disclose.deps import fixed_requester
 from gateway.keys import init_keys
 from gateway.settings import Settings
 from gateway.store.port import ResourceStore

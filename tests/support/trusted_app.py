@@ -23,8 +23,9 @@ import os
 
 from fastapi import FastAPI
 
+from gateway.access.requester import Requester
 from gateway.app import create_app
-from gateway.disclose.deps import Requester, fixed_requester
+from gateway.disclose.deps import fixed_requester
 from gateway.settings import Settings
 from tests.support.network import KINDS
 

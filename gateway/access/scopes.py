@@ -17,22 +17,15 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.store.searchparams import RESOURCE_TYPES
+from gateway.access.interaction import PERMISSION
+from gateway.vocabulary.registry import REGISTRY
 
 PERMISSIONS = "cruds"
 WILDCARD = "*"
-SCOPE_TYPES: frozenset[str] = frozenset({*RESOURCE_TYPES, "AuditEvent"})
+SCOPE_TYPES: frozenset[str] = frozenset(REGISTRY)
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE = re.compile(r"system/(\*|[A-Z][A-Za-z]{0,63})\.(c?r?u?d?s?|read|write|\*)")
-INTERACTION_PERMISSION = {
-    "create": "c",
-    "read": "r",
-    "vread": "r",
-    "history": "r",
-    "update": "u",
-    "delete": "d",
-    "search": "s",
-}
+INTERACTION_PERMISSION: dict[str, str] = {str(i): p for i, p in PERMISSION.items()}
 MAX_SCOPE_TOKENS = 64
 
 

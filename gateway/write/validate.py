@@ -91,7 +91,7 @@ class Spec:
 @cache
 def spec() -> Spec:
     """The R4 definitions, compiled once per process."""
-    raw = orjson.loads(resources.files("gateway.ingest").joinpath("r4spec.json").read_bytes())
+    raw = orjson.loads(resources.files("gateway.write").joinpath("r4spec.json").read_bytes())
     kinds = {"boolean": BOOLEAN, "integer": INTEGER, "number": DECIMAL, "string": STRING}
     primitives: dict[str, dict[str, Any]] = raw["primitives"]
     compiled = {n: re.compile(p["pattern"]) for n, p in primitives.items() if "pattern" in p}
