@@ -33,7 +33,7 @@ from gateway.store.records import PreparedVersion, new_id, prepare
 from gateway.vocabulary.dates import stamp
 from gateway.vocabulary.index import ANY_ACTOR_ENTRY, ANY_PATIENT_ENTRY, IndexEntry, extract
 from gateway.vocabulary.registry import CONSENT_ACTOR, CONSENT_PATIENT, FACT_PARAM_NAMES
-from gateway.write.admit import ValidResource
+from gateway.write.admit import ValidResource, require_valid
 
 
 @dataclass
@@ -73,6 +73,7 @@ class MemoryStore:
                 raise
 
     def create(self, resource: ValidResource, *, resource_id: str | None = None) -> StoredResource:
+        require_valid(resource)
         with self.transaction() as s:
             return s.create(resource, resource_id=resource_id)
 
@@ -94,6 +95,7 @@ class MemoryStore:
         *,
         if_match: int | None,
     ) -> tuple[StoredResource, bool]:
+        require_valid(resource)
         with self.transaction() as s:
             return s.update(resource_type, resource_id, resource, if_match=if_match)
 
@@ -130,6 +132,8 @@ class MemoryStore:
             return _MemorySession(self._state, self._clock).search(query)
 
     def write_many(self, resources: Sequence[ValidResource]) -> list[StoredResource]:
+        for each in resources:
+            require_valid(each)
         with self.transaction() as s:
             return s.write_many(resources)
 
@@ -226,6 +230,7 @@ class _MemorySession:
         return head
 
     def create(self, resource: ValidResource, *, resource_id: str | None = None) -> StoredResource:
+        require_valid(resource)
         version = prepare(resource.doc, resource_id or new_id(), 1, self._clock.now())
         head = self._new_head(version.resource_type, version.id, resource.contributor)
         return self._write(head, version)
@@ -265,6 +270,7 @@ class _MemorySession:
         *,
         if_match: int | None,
     ) -> tuple[StoredResource, bool]:
+        require_valid(resource)
         head = self._head(resource_type, resource_id)
         if head is None:
             if if_match is not None:

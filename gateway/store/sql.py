@@ -45,7 +45,7 @@ from gateway.store.sql_rows import (
     open_version,
 )
 from gateway.store.sql_session import SqlSession
-from gateway.write.admit import ValidResource
+from gateway.write.admit import ValidResource, require_valid
 
 Timing = Callable[[str, float], None]
 
@@ -119,6 +119,7 @@ class SqlStore:
             yield session
 
     def create(self, resource: ValidResource, *, resource_id: str | None = None) -> StoredResource:
+        require_valid(resource)
         with self._session(write=True, op="create") as s:
             return s.create(resource, resource_id=resource_id)
 
@@ -142,6 +143,7 @@ class SqlStore:
         *,
         if_match: int | None,
     ) -> tuple[StoredResource, bool]:
+        require_valid(resource)
         with self._session(write=True, op="update") as s:
             return s.update(resource_type, resource_id, resource, if_match=if_match)
 

@@ -49,7 +49,7 @@ from gateway.store.sql_search import (
 )
 from gateway.vocabulary.dates import stamp
 from gateway.vocabulary.index import extract
-from gateway.write.admit import ValidResource
+from gateway.write.admit import ValidResource, require_valid
 
 
 class SqlSession(SearchSql):
@@ -219,6 +219,7 @@ class SqlSession(SearchSql):
         return rid
 
     def create(self, resource: ValidResource, *, resource_id: str | None = None) -> StoredResource:
+        require_valid(resource)
         version = prepare(resource.doc, resource_id or new_id(), 1, self._clock.now())
         if resource_id is not None and self._rid(version.resource_type, resource_id) is not None:
             raise Conflict("the resource id is already taken")
@@ -249,6 +250,7 @@ class SqlSession(SearchSql):
         *,
         if_match: int | None,
     ) -> tuple[StoredResource, bool]:
+        require_valid(resource)
         head = self._lock_head(resource_type, resource_id)
         now = self._clock.now()
         if head is None:
@@ -313,6 +315,8 @@ class SqlSession(SearchSql):
         )
 
     def write_many(self, resources: Sequence[ValidResource]) -> list[StoredResource]:
+        for each in resources:
+            require_valid(each)
         """The batch path: a handful of statements for the whole batch, whatever its size."""
         now = self._clock.now()
         with_ids = [r.doc for r in resources if r.id]

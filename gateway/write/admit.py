@@ -105,6 +105,14 @@ class ValidResource:
         return value if isinstance(value, str) else None
 
 
+def require_valid(resource: object) -> ValidResource:
+    """What every store write asserts first: the resource came through ``admit`` (the type
+    checker says so already; this holds for callers it does not see)."""
+    if not isinstance(resource, ValidResource):
+        raise TypeError("the store writes only a ValidResource (gateway.write.admit)")
+    return resource
+
+
 def check(doc: Any, *, base: str | None = None, expected_type: str | None = None) -> Checked:
     """``doc`` as a ``Checked`` resource, or the GatewayError (400/422) naming what is wrong
     (elements, never values). ``base``: this gateway's FHIR base, whose absolute references
