@@ -39,18 +39,11 @@ from gateway.write.validate import validate_resource
 _SEAL = object()  # never leaves this module
 
 
-@final
-class Checked:
-    """A resource that is valid R4 of a type the gateway stores, its references to this
-    gateway's base made relative: what a requester's store is handed to write."""
+class _Resource:
+    """What both sealed forms say of the resource they hold."""
 
-    __slots__ = ("doc",)
+    __slots__ = ()
     doc: dict[str, Any]
-
-    def __init__(self, doc: dict[str, Any], seal: object = None) -> None:
-        if seal is not _SEAL:
-            raise TypeError("a Checked resource comes only from gateway.write.admit.check")
-        self.doc = doc
 
     @property
     def resource_type(self) -> str:
@@ -61,6 +54,20 @@ class Checked:
     def id(self) -> str | None:
         value = self.doc.get("id")
         return value if isinstance(value, str) else None
+
+
+@final
+class Checked(_Resource):
+    """A resource that is valid R4 of a type the gateway stores, its references to this
+    gateway's base made relative: what a requester's store is handed to write."""
+
+    __slots__ = ("doc",)
+    doc: dict[str, Any]
+
+    def __init__(self, doc: dict[str, Any], seal: object = None) -> None:
+        if seal is not _SEAL:
+            raise TypeError("a Checked resource comes only from gateway.write.admit.check")
+        self.doc = doc
 
     def without_id(self) -> Checked:
         """The same resource without its id (a create: the server assigns ids)."""
@@ -80,7 +87,7 @@ class Checked:
 
 
 @final
-class ValidResource:
+class ValidResource(_Resource):
     """A checked resource with its write-time security labels and its contributor (the partner
     that wrote it; None for the gateway's own records): the only thing the store writes."""
 
@@ -93,16 +100,6 @@ class ValidResource:
             raise TypeError("a ValidResource comes only from gateway.write.admit.admit")
         self.doc = doc
         self.contributor = contributor
-
-    @property
-    def resource_type(self) -> str:
-        resource_type: str = self.doc["resourceType"]
-        return resource_type
-
-    @property
-    def id(self) -> str | None:
-        value = self.doc.get("id")
-        return value if isinstance(value, str) else None
 
 
 def require_valid(resource: object) -> ValidResource:
