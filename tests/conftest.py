@@ -79,7 +79,13 @@ def postgres_engine() -> Iterator[Engine]:
 
 def _truncate(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE search_index, resource_versions, resources RESTART IDENTITY"))
+        conn.execute(
+            text(
+                "TRUNCATE search_index, resource_versions, resources, ingest_ledger, quarantine, "
+                "ingest_marks "
+                "RESTART IDENTITY"
+            )
+        )
         # The audit log is append-only for the application; a test starts with an empty one
         # the way only a database administrator could (bypassing the trigger).
         conn.execute(text("SET LOCAL session_replication_role = replica"))

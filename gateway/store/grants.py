@@ -48,6 +48,15 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     # Counters of unauthenticated refusals, folded into the chain (and then deleted) a minute
     # later: a staging table, not the record (the chain is).
     "audit_noise": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    # The ingest ledger: a source record's gateway id is reserved (INSERT), then marked written
+    # with its content digest (UPDATE). No DELETE: a forgotten key would get a second id on the
+    # next ingest, a duplicate of a survivor's record.
+    "ingest_ledger": ("SELECT", "INSERT", "UPDATE"),
+    # A pull's high-water mark moves (UPDATE); a partner's marks are never deleted.
+    "ingest_marks": ("SELECT", "INSERT", "UPDATE"),
+    # Quarantined input: held (INSERT), then retried, discarded or re-encrypted (UPDATE). No
+    # DELETE: input that could not land is never lost; a discard is a status.
+    "quarantine": ("SELECT", "INSERT", "UPDATE"),
 }
 AUDIT_TABLES = ("audit_log", "audit_index", "audit_checkpoints")
 # resources.rid is a BIGSERIAL: inserting a resource calls nextval, which USAGE allows.

@@ -9,6 +9,11 @@ migrations in ``migrations/`` create it, and a test holds the two in step.
 ``audit_log``          the hash-chained audit events (``gateway/audit``): append-only.
 ``audit_index``        each event's search values (patient, agent, entity, type, subtype, outcome).
 ``audit_checkpoints``  signed (Ed25519) statements "the chain's hash at seq N was H".
+``ingest_ledger``      the gateway id of each partner source record (``gateway/ingest/ledger``):
+                       the source key only as a keyed HMAC, the content only as a keyed digest.
+``quarantine``         input that could not land (``gateway/ingest/quarantine``): reasons and
+                       places in clear, the bytes and fields encrypted; never deleted.
+``ingest_marks``       where each incremental pull (LegalServer, FHIR) stopped, encrypted.
 Timestamps are fixed-width UTC strings (``vocabulary.dates.stamp``), so ordering is textual and the
 same on both databases.
 """
@@ -167,4 +172,72 @@ audit_checkpoints = Table(
     Column("signed_at", String(32), nullable=False),
     Column("key_id", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
+)
+
+# The ingest ledger (gateway/ingest/ledger.py): one row per (partner, system, resource type,
+# record type, source id). The source key is never stored: ``blind_key`` is HMAC-SHA-256 of its
+# canonical encoding under a key derived from ring key ``key_id``, unique per key id (two
+# reservers racing for a key end with one row). ``content_digest`` is a keyed HMAC too (under
+# ``content_key_id``): a plain hash of a record would be a dictionary attack away from its
+# values. Partner, resource type and the gateway's (random) resource id are in clear.
+ingest_ledger = Table(
+    "ingest_ledger",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("blind_key", String(64), primary_key=True),
+    Column("partner_id", String(64), nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("written", Boolean, nullable=False, default=False),
+    Column("content_key_id", String(64), nullable=True),
+    Column("content_digest", String(64), nullable=True),
+    Column("mapping_sha256", String(64), nullable=False, default=""),
+    UniqueConstraint("resource_type", "resource_id", name="uq_ingest_ledger_resource"),
+    Index("ix_ingest_ledger_partner", "partner_id", "resource_type"),
+)
+
+# Quarantined input (gateway/ingest/quarantine.py). What an operator needs to fix the source is
+# in clear and PHI-free by contract (capped, control characters removed): partner, system,
+# record type, source, locator, reason and places (names only). The bytes and parsed fields are
+# ``payload``: AES-256-GCM under ``key_id`` with the row id and partner as associated data.
+# Rows are never deleted (the application role has no DELETE on it): a retry or a discard is a
+# status.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("received", String(32), nullable=False),
+    Column("partner_id", String(64), nullable=False),
+    Column("system", String(64), nullable=False),
+    Column("record_type", String(64), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("locator", String(200), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("places", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("key_id", String(64), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    # A keyed digest of the held input and reason: the same input held once, however often
+    # it is ingested again.
+    Column("fingerprint", String(64), nullable=True),
+    Index("ix_quarantine_status", "status", "received", "id"),
+    Index("ix_quarantine_partner", "partner_id", "status", "received", "id"),
+    Index("ix_quarantine_key", "key_id"),
+    Index("ix_quarantine_fingerprint", "fingerprint", "status"),
+)
+
+# Where each incremental pull stopped (gateway/ingest/marks.py): one row per partner, source
+# system and source (a base URL: configuration, not PHI). The mark names source records (matter
+# uuids, resource ids of the overlap window), so it is ``payload``: AES-256-GCM under ``key_id``
+# with the row's key as associated data.
+ingest_marks = Table(
+    "ingest_marks",
+    metadata,
+    Column("partner_id", String(64), primary_key=True),
+    Column("system", String(64), primary_key=True),
+    Column("source", String(200), primary_key=True),
+    Column("updated", String(32), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
 )
