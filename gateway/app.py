@@ -3,9 +3,10 @@ by a test); nothing lives at module level."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -17,13 +18,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.access.requester import Requester
 from gateway.audit.chain import AuditChain, CheckpointSigner
+from gateway.audit.events import Actor
 from gateway.audit.sealing import EventSeal
 from gateway.audit.trail import AuditLog, MemoryAuditLog
 from gateway.clock import Clock, SystemClock
 from gateway.consent.labels import load_label_tables
 from gateway.consent.policy import load_policy
-from gateway.consent.store import ConsentRules, StoreAccess
+from gateway.consent.store import ConsentedStore, ConsentRules, StoreAccess
 from gateway.disclose.auth import (
     MemoryReplayGuard,
     ReplayGuard,
@@ -34,7 +37,7 @@ from gateway.disclose.auth import (
 from gateway.disclose.bundles import BundleProcessor
 from gateway.disclose.deps import Authenticator, Context, GatewayContext, refuse_everyone
 from gateway.disclose.interactions import Interactions
-from gateway.disclose.rest import fhir_routes
+from gateway.disclose.rest import commit_within, fhir_routes
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -45,10 +48,14 @@ from gateway.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from gateway.ingest.ledger import Ledger
+from gateway.ingest.pipeline import DEFAULT_BATCH, IngestPipeline
+from gateway.ingest.quarantine import Quarantine
 from gateway.keys import FileKeyRing, KeyMaterialError
+from gateway.mapping import MappingContext, MappingSet, load_mappings
 from gateway.observability import Metrics, ObservabilityMiddleware, Readiness, configure_logging
 from gateway.outcomes import error_outcome
-from gateway.partners import PartnerDirectory, ensure_organizations, partners_for
+from gateway.partners import Partner, PartnerDirectory, ensure_organizations, partners_for
 from gateway.settings import Settings
 from gateway.store.database import DatabaseTimeouts, ensure_schema, make_engine
 from gateway.store.paging import CursorSeal
@@ -318,3 +325,60 @@ def raw_store(app: FastAPI) -> ResourceStore:
     ctx: GatewayContext = app.state.gateway
     store: ResourceStore = ctx.stores._raw
     return store
+
+
+def partner_store(app: FastAPI, partner: Partner, *, scopes: Sequence[str]) -> ConsentedStore:
+    """A partner's own store for work done outside a request (ingest, the MLLP listener):
+    bound to the partner as a token of ``scopes`` would bind it, with its default purpose, and
+    audited as its writes (each unit of work commits with its AuditEvents, as a REST write's
+    does, so a record that lands without its audit event cannot happen)."""
+    ctx: GatewayContext = app.state.gateway
+    requester = Requester(
+        partner.id, partner.kind, partner.organization, tuple(scopes), (partner.default_purpose,)
+    )
+    store = ctx.stores.for_requester(requester)
+    actor = Actor(
+        partner.id,
+        partner.organization,
+        requester.purpose_of_use,
+        address=None,
+        names=ctx.partner_names,
+    )
+    store.commit_audit = functools.partial(commit_within, ctx, actor)
+    return store
+
+
+def ingest_pipeline(
+    app: FastAPI,
+    settings: Settings,
+    partner: Partner,
+    directory: PartnerDirectory,
+    *,
+    mappings: MappingSet | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    source_label: str = "",
+) -> IngestPipeline:
+    """The ingest pipeline for ``partner``'s records, on the app's store (SQL only: the ledger
+    and the quarantine are tables of the store's database, encrypted under its keys)."""
+    store = raw_store(app)
+    if not isinstance(store, SqlStore):
+        raise TypeError("ingest needs the SQL store")
+    mappings = mappings if mappings is not None else load_mappings(settings.mappings_dir)
+    ctx: GatewayContext = app.state.gateway
+    return IngestPipeline(
+        # What the mappings make, and the batch's Provenance: the partner's own records only
+        # (ConsentedSession refuses to change another's), so the wildcard widens nothing.
+        writers=functools.partial(partner_store, app, partner, scopes=("system/*.cru",)),
+        mappings=mappings,
+        ledger=Ledger(store.engine, store.key_ring),
+        quarantine=Quarantine(store.engine, store.key_ring, clock=ctx.clock),
+        context=mapping_context(partner, directory),
+        batch_size=batch_size,
+        clock=ctx.clock,
+        source_label=source_label,
+    )
+
+
+def mapping_context(partner: Partner, directory: PartnerDirectory) -> MappingContext:
+    """The mapping's view of a partner: its id and kind."""
+    return MappingContext(partner_id=partner.id, partner_kind=partner.kind)

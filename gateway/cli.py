@@ -19,6 +19,15 @@ from rich.progress import Progress
 from rich.table import Table
 
 from gateway.clock import SystemClock
+from gateway.commands.common import console
+from gateway.commands.common import database_failure as _database_failure
+from gateway.commands.common import fail as _fail
+from gateway.commands.common import one_line as _one_line
+from gateway.commands.common import settings_or_fail as _settings
+from gateway.commands.ingest import ingest_app
+from gateway.commands.mllp import mllp
+from gateway.commands.quarantine import quarantine_app
+from gateway.commands.synth import synth_app
 from gateway.consent.labels import load_label_tables
 from gateway.consent.policy import PolicyError, load_policy
 from gateway.keys import (
@@ -56,46 +65,10 @@ audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=Tr
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
-console = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
-
-
-def _settings(**overrides: str) -> Settings:
-    from pydantic import ValidationError
-
-    try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        # One line, naming the variables; never the values (a URL may carry a password).
-        problems = "; ".join(
-            f"GATEWAY_{'_'.join(str(p) for p in err['loc']).upper()}: "
-            f"{str(err['msg']).removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-        raise _fail(f"bad settings: {problems}") from exc
-    except ValueError as exc:
-        raise _fail(f"bad settings: {_one_line(exc)}") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    """An error as one line for an operator: a database error by its driver's first line (the
-    lines after it may quote values), anything else by its first line."""
-    from sqlalchemy.exc import DBAPIError
-
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    lines = str(exc).strip().splitlines()
-    return lines[0].strip() if lines else type(exc).__name__
-
-
-def _database_failure(exc: BaseException) -> typer.Exit:
-    return _fail(f"cannot use the database at GATEWAY_DATABASE_URL: {_one_line(exc)}")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(synth_app, name="synth")
+app.command("mllp")(mllp)
 
 
 def _listen_url(host: str, port: int) -> str:

@@ -142,6 +142,9 @@ class Partner(BaseModel):
     default_purpose: str
     endpoint: str | None = None
     hl7_sending_facility: Annotated[str, Field(pattern=r"^[A-Za-z0-9 ._&-]{1,227}$")] | None = None
+    # A shelter that is a VAWA victim service provider (28 CFR 94.115), whatever its HMIS
+    # exports say: its exports are read as a VSP's (docs/hmis-csv.md).
+    victim_service_provider: bool = False
 
     @field_validator("jwks", mode="before")
     @classmethod
@@ -201,6 +204,13 @@ class Partner(BaseModel):
         purposes = info.data.get("purposes")
         if purposes is not None and value not in purposes:
             raise ValueError("must be one of this partner's purposes")
+        return value
+
+    @field_validator("victim_service_provider")
+    @classmethod
+    def _victim_service_provider(cls, value: bool, info: Any) -> bool:
+        if value and info.data.get("kind") not in (None, "shelter"):
+            raise ValueError("only a partner of kind shelter is a victim service provider")
         return value
 
     @property

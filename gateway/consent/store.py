@@ -748,11 +748,15 @@ class ConsentedSession:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _check_consent_write(self, resource: dict[str, Any], interaction: str) -> None:
+    def _check_consent_write(
+        self, resource: dict[str, Any], interaction: str, batch: frozenset[str] = frozenset()
+    ) -> None:
         """A Consent is its recorder's release of its own records: recorded by the advocates of
         the kinds the policy names, for a Patient the recorder contributed itself (anything
         else is refused alike: another partner's Patient, an absent one, an identifier or a
-        foreign reference), pointing at the signed form when the policy requires it."""
+        foreign reference), pointing at the signed form when the policy requires it.
+        ``batch``: ids of Patients the same batch writes as the requester's (each checked to
+        be new or the requester's before anything is written)."""
         if resource.get("resourceType") != "Consent":
             return
         self._consents.clear()  # a later read in this unit of work must see the change
@@ -766,6 +770,9 @@ class ConsentedSession:
         ref = parse_local(patient.get("reference")) if isinstance(patient, dict) else None
         held = None
         if ref is not None and ref.resource_type == "Patient" and ref.version is None:
+            if ref.id in batch:
+                self._check_consent_source(resource, interaction)
+                return
             held = self._raw.locate("Patient", ref.id)
         if held is None or held.deleted or held.contributor != self._requester.partner_id:
             self._refused(interaction, "Consent", "consent-writing:patient-not-held")
@@ -779,8 +786,12 @@ class ConsentedSession:
                     )
                 ],
             )
+        self._check_consent_source(resource, interaction)
+
+    def _check_consent_source(self, resource: dict[str, Any], interaction: str) -> None:
+        policy = self._rules.policy if self._rules is not None else None
         written = resource.get("sourceAttachment") or resource.get("sourceReference")
-        if policy.consent_needs_written_source and not written:
+        if policy is not None and policy.consent_needs_written_source and not written:
             self._refused(interaction, "Consent", "consent-writing:no-signed-form")
             raise Unprocessable(
                 "a Consent must point at the signed form",
@@ -880,14 +891,20 @@ class ConsentedSession:
         one), or under an id the gateway chose (ingest's stable ids): created when absent,
         a new version when the requester contributed it, refused otherwise (a record it may
         not see is answered as absent would be to a door: here, by refusing the batch)."""
+        patients = frozenset(
+            r.id for r in resources if r.resource_type == "Patient" and r.id is not None
+        )
         for resource in resources:
             interaction = "update" if resource.id else "create"
             self._allow(resource.resource_type, interaction)
             if resource.id:
-                found = self._find(resource.resource_type, resource.id)
-                if found.located is not None and not found.own:
+                # The ids are the gateway's (ingest's ledger), never a partner's guess, so the
+                # head alone says whether the record is the requester's: only a record of
+                # another takes the refusal path (audited, answered as a door would).
+                located = self._raw.locate(resource.resource_type, resource.id)
+                if located is not None and located.contributor != self._requester.partner_id:
                     self._require_own(resource.resource_type, resource.id, "update")
-            self._check_consent_write(resource.doc, interaction)
+            self._check_consent_write(resource.doc, interaction, patients)
         written = self._raw.write_many([self._admitted(r) for r in resources])
         for stored in written:
             self._wrote("update" if stored.version_id > 1 else "create", stored)

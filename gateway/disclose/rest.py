@@ -103,7 +103,7 @@ async def bind(request: Request) -> tuple[GatewayContext, ConsentedStore]:
     actor = _actor(ctx, requester, request)
     # Writes commit with their audit events (ConsentedStore.transaction); the rest is appended
     # by ``audited`` before the response.
-    store.commit_audit = functools.partial(_commit_within, ctx, actor)
+    store.commit_audit = functools.partial(commit_within, ctx, actor)
     request.state.audited = (actor, store.trail)
     request.state.requester = requester
     return ctx, store
@@ -119,7 +119,7 @@ def _actor(ctx: GatewayContext, requester: Requester, request: Request) -> Actor
     )
 
 
-def _commit_within(
+def commit_within(
     ctx: GatewayContext, actor: Actor, session: StoreSession, activities: list[Activity]
 ) -> Callable[[], None] | None:
     """A unit of work's AuditEvents, appended inside its transaction (in its thread)."""

@@ -136,7 +136,7 @@ _DESTINATIONS: Final = ("410", "435", "302", "101", "422", "423", "17", "30", "9
 _SCOPES: Final = (
     "Patient;CarePlan;ServiceRequest",
     "Patient;ServiceRequest",
-    "Patient;CarePlan;ServiceRequest;Encounter",
+    "Patient;CarePlan;ServiceRequest;EpisodeOfCare",
     "Patient",
 )
 _PURPOSES: Final = ("TREAT;COC", "COC", "TREAT")

@@ -1,0 +1,116 @@
+"""HL7 v2 messages into the pipeline, one at a time, each answered with the outcome its ACK
+says (``adapters.hl7v2.ack_for``): the MLLP listener's handler and ``gateway ingest hl7v2``.
+
+For each message:
+
+1. the sender: MSH-4 (its first component) must be the ``hl7_sending_facility`` of a partner
+   in the partners file, else AR (204, unknown key identifier) naming MSH-4 (nothing is kept:
+   the gateway cannot say whose it would be);
+2. the message is read (``adapters.hl7v2.parse_message``): what cannot be read is AR, what is
+   read but wrong (a bad date, a missing required field, a segment out of order) is AE, each
+   with the segment and field; either is also quarantined with its bytes, so nothing is lost;
+3. the record goes through that partner's pipeline: AA only once it is stored (or found stored
+   unchanged: a message sent again stores nothing twice and is acknowledged again); AE when the
+   mapping or the strict R4 check refused it (quarantined, naming the place); AR (207) when the
+   gateway itself failed (nothing stored: the sender should send it again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from adapters.hl7v2 import (
+    DEFAULT_LIMITS,
+    Accepted,
+    ErrorCode,
+    Limits,
+    NotMappable,
+    Outcome,
+    Rejected,
+    header_of,
+    outcome_for,
+    parse_message,
+)
+from gateway.ingest.pipeline import IngestPipeline
+from gateway.partners import Partner, PartnerDirectory
+from gateway.vocabulary.source import Place, SourceRecord
+
+_log = logging.getLogger(__name__)
+
+UNKNOWN_FACILITY = "the sending facility (MSH-4) is not a partner of this gateway"
+_MSH4 = Place(segment="MSH", field="MSH-4")
+
+
+class Hl7Ingest:
+    """``pipeline_for(partner)`` gives the pipeline of a partner (made once per partner and
+    kept). Calls for one partner are serialised (one writer per partner: its ledger and its
+    batch); different partners proceed side by side (PostgreSQL; SQLite serialises writes
+    itself)."""
+
+    def __init__(
+        self,
+        directory: PartnerDirectory,
+        pipeline_for: Callable[[Partner], IngestPipeline],
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self._directory = directory
+        self._pipeline_for = pipeline_for
+        self._limits = limits
+        self._pipelines: dict[str, tuple[IngestPipeline, threading.Lock]] = {}
+        self._guard = threading.Lock()
+
+    def _pipeline(self, partner: Partner) -> tuple[IngestPipeline, threading.Lock]:
+        with self._guard:
+            found = self._pipelines.get(partner.id)
+            if found is None:
+                found = (self._pipeline_for(partner), threading.Lock())
+                self._pipelines[partner.id] = found
+            return found
+
+    def sender(self, message: bytes) -> Partner | None:
+        header = header_of(message)
+        facility = header.component(4) if header is not None else ""
+        partner = self._directory.by_hl7_facility(facility) if facility else None
+        return partner
+
+    def handle(
+        self, message: bytes, *, source: str = "mllp", locator: str | None = None
+    ) -> Outcome:
+        """The outcome for one message (blocking: the store is written before it returns)."""
+        partner = self.sender(message)
+        if partner is None:
+            return Rejected(ErrorCode.UNKNOWN_KEY_IDENTIFIER, UNKNOWN_FACILITY, _MSH4)
+        pipeline, lock = self._pipeline(partner)
+        parsed = parse_message(message, source=source, locator=locator, limits=self._limits)
+        with lock:
+            if not isinstance(parsed, SourceRecord):
+                pipeline.quarantine_problem(parsed)
+                outcome = outcome_for(parsed)
+                assert outcome is not None
+                return outcome
+            outcome_of_record = pipeline.ingest_record(parsed)
+        if outcome_of_record.status == "stored":
+            return Accepted()
+        place = outcome_of_record.places[0] if outcome_of_record.places else None
+        return NotMappable(place, ErrorCode.DATA_TYPE_ERROR, _sender_text(outcome_of_record.reason))
+
+    async def __call__(self, message: bytes, peer: Any) -> Outcome:
+        """The MLLP listener's handler: the blocking work in a thread, so one slow store write
+        does not stall the other connections."""
+        host = getattr(peer, "host", "") or ""
+        try:
+            return await asyncio.to_thread(self.handle, message, source=f"mllp {host}".strip())
+        except Exception as exc:  # any failure: nothing stored, the sender sends it again
+            _log.error("hl7 ingest failed: %s", type(exc).__name__)
+            return Rejected(ErrorCode.APPLICATION_INTERNAL_ERROR, "the gateway could not store it")
+
+
+def _sender_text(reason: str) -> str:
+    """What the sender reads in ERR: the reason (which names places and elements, never
+    values), cut to what ERR-8 holds."""
+    return reason[:200] or "the message could not be stored"

@@ -1,0 +1,484 @@
+"""The ingest pipeline: a partner's source records through the mappings into the one write path.
+
+In the flow (``adapters/`` → ``gateway/mapping`` → **here** → the store): an adapter yields
+``SourceItem``s; each ``SourceRecord`` is mapped (``MappingSet.apply``) to FHIR resources keyed
+by their ``SourceKey``; the ledger (``gateway.ingest.ledger``) gives each key the gateway's
+id for it (a random id, reserved before anything is written so a crash never makes two);
+placeholders become local references; each resource is checked (strict R4, the same
+``write.admit.check`` a REST write takes) and the batch is written through the partner's
+``ConsentedStore`` (labels, contributor, Consent authority, audit), with one Provenance naming
+the batch's records, the partner, the source and the mapping versions.
+
+Idempotent: a resource whose content (and mapping) is what the ledger last wrote for its key is
+not written again, so the same export twice creates nothing and no new versions, and a changed
+record makes one new version of what it changed.
+
+Nothing is lost: a ``SourceProblem`` (input the adapter could not read), a record no mapping
+accepts (a blocking problem) and a record one of whose resources is not valid R4 go to the
+quarantine with their bytes and fields (encrypted) and the reason (places and element paths,
+never values); a record that mapped with non-blocking problems lands with what mapped *and* is
+quarantined with the reasons, so that the part left out is not lost either. A fatal problem (a
+VSP export from a partner that is not a shelter) stops the run; what came before it stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from gateway.clock import Clock, SystemClock
+from gateway.errors import GatewayError
+from gateway.ingest.ledger import LedgerEntry, LedgerKey
+from gateway.ingest.quarantine import NewQuarantine
+from gateway.mapping import (
+    Mapped,
+    MappingContext,
+    MappingSet,
+    MappingVersion,
+    SourceKey,
+    parse_source_reference,
+    rewrite_placeholders,
+)
+from gateway.store.port import StoredResource
+from gateway.vocabulary.dates import stamp
+from gateway.vocabulary.source import Place, SourceItem, SourceNotice, SourceProblem, SourceRecord
+from gateway.write.admit import Checked, check
+
+DEFAULT_BATCH = 200
+PROVENANCE_TARGETS = 500  # a Provenance names at most this many records (one per batch)
+_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+_ENTITY_ROLE_SOURCE = "source"
+
+
+class BatchWriter(Protocol):
+    """What a batch is written through: the partner's store (``ConsentedStore``)."""
+
+    def write_many(self, resources: Sequence[Checked]) -> list[StoredResource]: ...
+
+
+class LedgerPort(Protocol):
+    def reserve(self, keys: Iterable[LedgerKey]) -> dict[LedgerKey, LedgerEntry]: ...
+
+    def unchanged(
+        self, entry: LedgerEntry, content: Mapping[str, Any], mapping_sha256: str
+    ) -> bool: ...
+
+    def mark_written(self, items: Iterable[tuple[LedgerEntry, Mapping[str, Any], str]]) -> None: ...
+
+
+class QuarantinePort(Protocol):
+    def add(self, items: Sequence[NewQuarantine]) -> list[str]: ...
+
+
+@dataclass
+class Counts:
+    """Per source record type: what was read and what became of it."""
+
+    read: int = 0
+    landed: int = 0  # records whose resources were all written or already there
+    quarantined: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        return {"read": self.read, "landed": self.landed, "quarantined": self.quarantined}
+
+
+@dataclass
+class ResourceCounts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class IngestSummary:
+    """What a run did. ``exit_code``: 0 when every record landed, 3 when some input was
+    quarantined, 1 when a fatal problem stopped the run."""
+
+    records: dict[tuple[str, str], Counts] = field(default_factory=dict)
+    resources: dict[str, ResourceCounts] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    fatal: str | None = None
+    provenance: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.fatal is not None:
+            return 1
+        return 3 if self.quarantined else 0
+
+    def counts(self, system: str, record_type: str) -> Counts:
+        return self.records.setdefault((system, record_type), Counts())
+
+    def resource(self, resource_type: str) -> ResourceCounts:
+        return self.resources.setdefault(resource_type, ResourceCounts())
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    """What became of one record (the MLLP listener answers with it): ``stored`` (written, or
+    already there unchanged), or ``quarantined`` with the reason and places."""
+
+    status: Literal["stored", "quarantined"]
+    reason: str = ""
+    places: tuple[Place, ...] = ()
+    quarantine_id: str = ""
+    written: int = 0
+
+
+@dataclass
+class _Prepared:
+    record: SourceRecord
+    mapped: Mapped
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    entry: LedgerEntry
+    checked: Checked
+    content: dict[str, Any]  # as mapped, with local references: what the ledger digests
+    sha: str  # the mapping's
+
+
+@dataclass
+class _Ready:
+    """A record whose resources are checked and carry their ids."""
+
+    record: SourceRecord
+    mapped: Mapped
+    writes: list[_Write]
+    unchanged: list[str]  # resource types of resources already stored as they are
+
+
+class IngestPipeline:
+    """One partner's ingest. ``writers`` makes the partner's own store (``ConsentedStore``), a
+    fresh one per batch (its audit trail and Consent cache live as long as the batch, so a
+    long run or a listener holds no more than one batch's): every resource is written as that
+    partner's, under the same rules as its REST writes.
+    ``context`` is the mapping's view of the partner (id, kind, the network's organizations)."""
+
+    def __init__(
+        self,
+        *,
+        writers: Callable[[], BatchWriter],
+        mappings: MappingSet,
+        ledger: LedgerPort,
+        quarantine: QuarantinePort,
+        context: MappingContext,
+        batch_size: int = DEFAULT_BATCH,
+        clock: Clock | None = None,
+        source_label: str = "",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self._writers = writers
+        self._mappings = mappings
+        self._ledger = ledger
+        self._quarantine = quarantine
+        self._context = context
+        self._batch_size = min(batch_size, PROVENANCE_TARGETS)
+        self._clock = clock or SystemClock()
+        self._source_label = source_label
+
+    # -- whole sources ------------------------------------------------------------------------
+
+    def run(
+        self,
+        items: Iterable[SourceItem],
+        *,
+        on_item: Callable[[SourceItem], None] | None = None,
+    ) -> IngestSummary:
+        """Every item of a source; the summary says what landed and what was quarantined."""
+        summary = IngestSummary()
+        batch: list[_Prepared] = []
+        batch_keys: set[SourceKey] = set()
+        held: list[NewQuarantine] = []
+        for item in items:
+            if on_item is not None:
+                on_item(item)
+            if isinstance(item, SourceNotice):
+                summary.notices.append(item.message)
+                continue
+            if isinstance(item, SourceProblem):
+                summary.counts(item.system, item.record_type or "(unreadable)").quarantined += 1
+                held.append(self._held_problem(item))
+                if item.fatal:
+                    summary.fatal = item.reason
+                    break
+                continue
+            counts = summary.counts(item.system, item.record_type)
+            counts.read += 1
+            mapped = self._mappings.apply(item, self._context)
+            if mapped.blocked or not mapped.resources:
+                counts.quarantined += 1
+                held.append(self._held_record(item, _mapping_reason(mapped), mapped))
+                continue
+            keys = {r.key for r in mapped.resources}
+            if keys & batch_keys or len(batch) >= self._batch_size:
+                # The same resource twice in one batch (two exports of one client): the first
+                # is written before the second is prepared, so the second is its update.
+                self._flush(batch, summary, held)
+                batch, batch_keys = [], set()
+            batch.append(_Prepared(item, mapped))
+            batch_keys |= keys
+            if len(held) >= self._batch_size:
+                summary.quarantined += self._quarantine.add(held)
+                held = []
+        self._flush(batch, summary, held)
+        if held:
+            summary.quarantined += self._quarantine.add(held)
+        return summary
+
+    # -- one record (MLLP) --------------------------------------------------------------------
+
+    def ingest_record(self, record: SourceRecord, *, hold: bool = True) -> RecordOutcome:
+        """One record, stored before this returns (the MLLP listener acknowledges AA only
+        after it); a record sent again is found unchanged and stores nothing. ``hold=False``
+        (a retry of a held record): what cannot land is answered, not quarantined again."""
+        summary = IngestSummary()
+        mapped = self._mappings.apply(record, self._context)
+        held: list[NewQuarantine] = []
+        if mapped.blocked or not mapped.resources:
+            held.append(self._held_record(record, _mapping_reason(mapped), mapped))
+            written = 0
+        else:
+            written = self._flush([_Prepared(record, mapped)], summary, held)
+        landed = summary.counts(record.system, record.record_type).landed > 0
+        if not hold:
+            # A retry reports a partial landing as landed: the part left out is what the
+            # record still lacks, and the held copy it came from is kept (marked retried).
+            if landed:
+                return RecordOutcome("stored", written=written)
+            return RecordOutcome("quarantined", held[0].reason, held[0].places)
+        ids = self._quarantine.add(held) if held else []
+        if not landed:
+            return RecordOutcome("quarantined", held[0].reason, held[0].places, ids[0])
+        return RecordOutcome("stored", written=written, quarantine_id=ids[0] if ids else "")
+
+    def quarantine_problem(self, problem: SourceProblem) -> str:
+        """Keep input an adapter could not read (the MLLP listener's unparseable messages)."""
+        return self._quarantine.add([self._held_problem(problem)])[0]
+
+    # -- a batch ------------------------------------------------------------------------------
+
+    def _flush(
+        self, batch: list[_Prepared], summary: IngestSummary, held: list[NewQuarantine]
+    ) -> int:
+        if not batch:
+            return 0
+        keys: set[LedgerKey] = set()
+        for prepared in batch:
+            system = prepared.record.system
+            for mapped_resource in prepared.mapped.resources:
+                keys.add(self._ledger_key(system, mapped_resource.key))
+                keys.update(
+                    self._ledger_key(system, k) for k in _placeholders(mapped_resource.resource)
+                )
+        entries = self._ledger.reserve(keys)
+        ready: list[_Ready] = []
+        for prepared in batch:
+            one = self._ready(prepared, entries, held)
+            if one is not None:
+                ready.append(one)
+        writes = [w for r in ready for w in r.writes]
+        stored: list[StoredResource] = []
+        if writes:
+            provenance = self._provenance(ready)
+            stored = self._writers().write_many([w.checked for w in writes] + [provenance])
+            summary.provenance.append(stored[-1].id)
+            self._ledger.mark_written((w.entry, w.content, w.sha) for w in writes)
+        for resource in stored[:-1]:
+            counts = summary.resource(resource.resource_type)
+            if resource.version_id == 1:
+                counts.created += 1
+            else:
+                counts.updated += 1
+        for one in ready:
+            for resource_type in one.unchanged:
+                summary.resource(resource_type).unchanged += 1
+            record = one.record
+            summary.counts(record.system, record.record_type).landed += 1
+            problems = [p for p in one.mapped.problems if not p.blocking]
+            if problems:
+                summary.counts(record.system, record.record_type).quarantined += 1
+                reason = "landed in part: " + "; ".join(sorted({p.reason for p in problems}))
+                held.append(self._held_record(record, reason, one.mapped))
+        return len(writes)
+
+    def _ready(
+        self,
+        prepared: _Prepared,
+        entries: dict[LedgerKey, LedgerEntry],
+        held: list[NewQuarantine],
+    ) -> _Ready | None:
+        record, mapped = prepared.record, prepared.mapped
+        sha = mapped.mapping.sha256 if mapped.mapping is not None else ""
+
+        def resolve(key: SourceKey) -> str | None:
+            found = entries.get(self._ledger_key(record.system, key))
+            return f"{key.resource_type}/{found.resource_id}" if found is not None else None
+
+        writes: list[_Write] = []
+        unchanged: list[str] = []
+        for mapped_resource in mapped.resources:
+            entry = entries[self._ledger_key(record.system, mapped_resource.key)]
+            content = rewrite_placeholders(mapped_resource.resource, resolve)
+            if self._ledger.unchanged(entry, content, sha):
+                unchanged.append(mapped_resource.key.resource_type)
+                continue
+            doc = {"resourceType": content["resourceType"], "id": entry.resource_id}
+            doc.update((k, v) for k, v in content.items() if k not in ("resourceType", "id"))
+            try:
+                checked = check(doc, expected_type=mapped_resource.key.resource_type)
+            except GatewayError as exc:
+                places = tuple(
+                    Place(file=record.origin.source, row=_row(record), field=e)
+                    for issue in exc.issues
+                    for e in issue.expression
+                )
+                reasons = sorted({i.diagnostics for i in exc.issues})
+                reason = f"{mapped_resource.key.resource_type} is not valid R4: " + "; ".join(
+                    reasons
+                )
+                held.append(self._held_record(record, reason, mapped, places))
+                return None
+            writes.append(_Write(entry, checked, content, sha))
+        return _Ready(record, mapped, writes, unchanged)
+
+    def _provenance(self, ready: Sequence[_Ready]) -> Checked:
+        """One Provenance for the batch: its records, who sent them (the partner), from where
+        (the source's file or message names, never a value of a record) and which mappings."""
+        targets = [
+            {"reference": f"{w.checked.resource_type}/{w.checked.id}"}
+            for r in ready
+            for w in r.writes
+        ]
+        policies = sorted({_policy(r.mapped.mapping) for r in ready if r.mapped.mapping})
+        sources = sorted({f"{r.record.system} {r.record.origin.source}".strip() for r in ready})
+        if self._source_label:
+            sources = [f"{self._source_label}: {s}" for s in sources]
+        doc: dict[str, Any] = {
+            "resourceType": "Provenance",
+            "target": targets,
+            "recorded": _instant(self._clock.now()),
+            "activity": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                        "code": "UPDATE",
+                        "display": "revise",
+                    }
+                ]
+            },
+            "agent": [
+                {
+                    "type": {"coding": [{"system": _PARTICIPANT, "code": "author"}]},
+                    "who": {"reference": f"Organization/{self._context.partner_id}"},
+                },
+                {
+                    "type": {"coding": [{"system": _PARTICIPANT, "code": "assembler"}]},
+                    "who": {"display": "care-gateway ingest"},
+                    "onBehalfOf": {"reference": f"Organization/{self._context.partner_id}"},
+                },
+            ],
+            "entity": [
+                {"role": _ENTITY_ROLE_SOURCE, "what": {"display": source[:200]}}
+                for source in sources[:20]
+            ],
+        }
+        if policies:
+            doc["policy"] = policies
+        return check(doc, expected_type="Provenance")
+
+    # -- quarantine ---------------------------------------------------------------------------
+
+    def _held_problem(self, problem: SourceProblem) -> NewQuarantine:
+        return NewQuarantine(
+            partner_id=self._context.partner_id,
+            system=problem.system,
+            record_type=problem.record_type,
+            source=problem.origin.source,
+            locator=problem.origin.locator,
+            reason=problem.reason,
+            places=problem.places,
+            raw=problem.origin.raw,
+            fields=None,
+        )
+
+    def _held_record(
+        self,
+        record: SourceRecord,
+        reason: str,
+        mapped: Mapped,
+        places: tuple[Place, ...] | None = None,
+    ) -> NewQuarantine:
+        if places is None:
+            places = tuple(p.place for p in mapped.problems)
+        return NewQuarantine(
+            partner_id=self._context.partner_id,
+            system=record.system,
+            record_type=record.record_type,
+            source=record.origin.source,
+            locator=record.origin.locator,
+            reason=reason,
+            places=places,
+            raw=record.origin.raw,
+            fields=dict(record.fields),
+            source_version=record.version,
+            source_id=record.source_id,
+        )
+
+    def _ledger_key(self, system: str, key: SourceKey) -> LedgerKey:
+        """Ids are per partner and source system: the same PersonalID at two partners is two
+        people, and placeholders resolve only within one partner's ingest."""
+        return LedgerKey(
+            self._context.partner_id, system, key.resource_type, key.record_type, key.source_id
+        )
+
+
+def _placeholders(node: Any) -> set[SourceKey]:
+    found: set[SourceKey] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                parsed = parse_source_reference(value)
+                if parsed is not None:
+                    found.add(parsed)
+            else:
+                found |= _placeholders(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _placeholders(value)
+    return found
+
+
+def _mapping_reason(mapped: Mapped) -> str:
+    reasons = sorted({p.reason for p in mapped.problems if p.blocking}) or sorted(
+        {p.reason for p in mapped.problems}
+    )
+    if not reasons:
+        return "the mapping made no resource of this record"
+    return "; ".join(reasons)
+
+
+def _row(record: SourceRecord) -> int | None:
+    locator = record.origin.locator
+    if locator.startswith("row "):
+        number = locator[4:].split(",", 1)[0].strip()
+        if number.isdigit():
+            return int(number)
+    return None
+
+
+def _policy(mapping: MappingVersion | None) -> str:
+    assert mapping is not None
+    return (
+        f"urn:care-gateway:mapping:{mapping.system}:{mapping.record_type}:"
+        f"{mapping.version}:sha256:{mapping.sha256}"
+    )
+
+
+def _instant(moment: datetime) -> str:
+    return stamp(moment)[:23] + "Z"
