@@ -37,6 +37,7 @@ from rich.table import Table
 from gateway.app import create_app, raw_store
 from gateway.audit.chain import load_public_key, public_key_path
 from gateway.clock import SystemClock
+from gateway.demo_sources import Ingested, ingest_sources
 from gateway.keys import ENCRYPTION_FILE, FileKeyRing, init_keys
 from gateway.partners import (
     PartnerDirectory,
@@ -86,6 +87,7 @@ async def _walkthrough(settings: Settings, directory: PartnerDirectory, console:
     app = create_app(settings, partners=directory)
     store = raw_store(app)
     ensure_organizations(store, directory)  # what the app's start-up does when served
+    ingested = await ingest_sources(app, settings, directory, console)
     steps = Table("who", "step", "request", "status", "what came back", title="Consent walkthrough")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=settings.base_url) as client:
@@ -126,6 +128,8 @@ async def _walkthrough(settings: Settings, directory: PartnerDirectory, console:
         clinic = await token("harbor-clinic", "system/*.cruds", "TREAT")
         legal_aid = await token("northside-legal-aid", "system/*.rs", "HLEGAL")
         hospital = await token("st-marys-hospital", "system/*.cruds", "TREAT")
+
+        await _on_ingested_data(call, shelter, clinic, legal_aid, ingested)
 
         record = orjson.loads((EXAMPLES / "riverside-survivor.json").read_bytes())
         loaded = await call(
@@ -234,6 +238,37 @@ async def _walkthrough(settings: Settings, directory: PartnerDirectory, console:
     if not _disclosures(accounted.json()):
         raise DemoFailure("the accounting lists no disclosure to the clinic")
     console.print(f"[green]audit verify:[/green] {verified}")
+
+
+async def _on_ingested_data(
+    call: Any, shelter: str, clinic: str, legal_aid: str, ingested: Ingested
+) -> None:
+    """The consent rules on what was just ingested: the shelter holds every survivor of its
+    exports; the clinic finds only those whose signed release names it, for treatment; legal
+    aid, named by some releases but asking for legal work, not for the shelter's purposes,
+    finds only its own clients."""
+    everyone = await call(
+        "shelter", shelter, "counts the survivors it ingested", "GET",
+        "/fhir/Patient?_count=200", 200, lambda r: f"total {r.json()['total']}",
+    )  # fmt: skip
+    held = everyone.json()["total"]
+    released = await call(
+        "clinic", clinic, "finds the shelter's survivors", "GET",
+        "/fhir/Patient?organization=Organization/riverside-shelter&_count=200", 200,
+        lambda r: f"{r.json()['total']} of {held}: their releases name the clinic",
+    )  # fmt: skip
+    shown = released.json()["total"]
+    if not 0 < shown < held:
+        raise DemoFailure("the clinic should see some, not all, of the shelter's survivors")
+    legal = await call(
+        "legal aid", legal_aid, "finds the shelter's survivors", "GET",
+        "/fhir/Patient?organization=Organization/riverside-shelter&_count=200", 200,
+        lambda r: f"total {r.json()['total']}: no release is for legal work",
+    )  # fmt: skip
+    if legal.json()["total"] != 0:
+        raise DemoFailure("legal aid saw survivors no release lets it see for legal work")
+    if ingested.acks.get("AR", 0) != 1:
+        raise DemoFailure("the message from a facility that is not a partner was not refused")
 
 
 def _disclosures(bundle: dict[str, Any]) -> list[dict[str, Any]]:

@@ -31,6 +31,9 @@ def synth_hmis(
         list[str] | None,
         typer.Option(help="A partner id some clients' releases of information name (repeat)."),
     ] = None,
+    first_id: Annotated[
+        int, typer.Option(min=1, help="Ids count from here (same ids: same clients).")
+    ] = 1,
 ) -> None:
     """An HMIS CSV export (HUD's FY2024 or FY2026 specification)."""
     from gateway.synth.hmis import write_hmis_export
@@ -43,6 +46,7 @@ def synth_hmis(
         victim_service_provider=vsp,
         as_zip=zip_file,
         releases_to=tuple(release_to or ()),
+        first_id=first_id,
     )
     console.print(f"[green]wrote[/green] an {year} export of {clients} clients to {target}")
 

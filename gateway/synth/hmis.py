@@ -158,10 +158,14 @@ def write_hmis_export(
     victim_service_provider: bool = False,
     as_zip: bool = False,
     releases_to: Sequence[str] = (),
+    first_id: int = 1,
 ) -> Path:
     """Writes an export of ``clients`` made-up clients into the directory ``target`` (created if
     need be) or, with ``as_zip``, into the zip file ``target``; returns ``target``. Without
-    ``releases_to`` no ReleaseOfInformation.csv is written."""
+    ``releases_to`` no ReleaseOfInformation.csv is written. Ids (PersonalID, EnrollmentID, ...)
+    count from ``first_id``: two exports with the same ids name the same clients."""
+    if first_id < 1:
+        raise ValueError("first_id must be positive")
     if year not in _CSV_VERSION:
         raise ValueError("year must be FY2024 or FY2026")
     if clients < 0:
@@ -169,14 +173,14 @@ def write_hmis_export(
     files = FILES if releases_to else FILES[:-1]
     if not as_zip:
         target.mkdir(parents=True, exist_ok=True)
-        _Writer(target, year, seed, victim_service_provider, tuple(releases_to)).write(
+        _Writer(target, year, seed, victim_service_provider, tuple(releases_to), first_id).write(
             clients, files
         )
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="hmis-synth-", dir=target.parent))
     try:
-        _Writer(staging, year, seed, victim_service_provider, tuple(releases_to)).write(
+        _Writer(staging, year, seed, victim_service_provider, tuple(releases_to), first_id).write(
             clients, files
         )
         with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -203,17 +207,24 @@ def _stamp(day: date, rng: random.Random) -> str:
 
 class _Writer:
     def __init__(
-        self, directory: Path, year: Year, seed: int, vsp: bool, releases_to: tuple[str, ...]
+        self,
+        directory: Path,
+        year: Year,
+        seed: int,
+        vsp: bool,
+        releases_to: tuple[str, ...],
+        first_id: int = 1,
     ) -> None:
         self.directory, self.year, self.vsp, self.releases_to = directory, year, vsp, releases_to
         self.rng = random.Random(f"hmis-{year}-{seed}")
         self.export_id = f"SYN-{year}-{seed}"[:32]
         self.start, self.end = _PERIOD[year]
         self._writers: dict[str, tuple[Any, tuple[str, ...]]] = {}
+        self._first = first_id - 1
         self._counters: dict[str, int] = {}
 
     def _next(self, prefix: str) -> str:
-        self._counters[prefix] = self._counters.get(prefix, 0) + 1
+        self._counters[prefix] = self._counters.get(prefix, self._first) + 1
         return f"{prefix}{self._counters[prefix]:07d}"
 
     def _row(self, file: str, values: dict[str, str]) -> None:

@@ -60,10 +60,11 @@ CLOSE_REASONS: Final = (
     "IB - Contested Court Decision",
 )
 OPEN_STATUSES: Final = ("Open - Active", "Open - Awaiting Documents", "Open - Court Date Set")
+# The demo network's partners (examples/partners.yaml), and one organisation outside it.
 PARTNERS: Final = (
     "Riverside Safe Haven",
-    "St. Mary's Clinic",
-    "Harbor Community Health Center",
+    "St. Mary's Hospital",
+    "Harbor Community Clinic",
     "Metro General Hospital",
 )
 STREETS: Final = ("Maple", "Cedar", "Juniper", "Lafayette", "Rhode Island", "Georgia", "Franklin")
