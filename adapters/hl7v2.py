@@ -1316,6 +1316,9 @@ def _plain(chunks: Iterable[bytes], bound: int) -> Iterator[Piece]:
     yield from flush()
 
 
+_BLANK: Final = b" \t\r\n"
+
+
 def split_stream(chunks: Iterable[bytes], *, max_message_bytes: int) -> Iterator[Piece]:
     """The messages of a byte stream given in chunks of any size, in constant memory: MLLP
     frames (``0x0B ... 0x1C 0x0D``) when the first non-blank byte is ``0x0B``, else plain
@@ -1323,10 +1326,12 @@ def split_stream(chunks: Iterable[bytes], *, max_message_bytes: int) -> Iterator
     iterator = iter(chunks)
     head = b""
     for chunk in iterator:
-        if chunk.strip():  # blank chunks before the first message hold nothing to keep
+        # Blank chunks before the first message hold nothing to keep. Not bytes.strip(): it
+        # takes 0x0B (vertical tab), MLLP's start block, for white space.
+        if chunk.strip(_BLANK):
             head = bytes(chunk)
             break
-    first = head.lstrip()[:1]
+    first = head.lstrip(_BLANK)[:1]
     rest = _chain(head, iterator)
     if first == START_BLOCK:
         yield from _framed(rest, max_message_bytes)

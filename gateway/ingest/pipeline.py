@@ -182,6 +182,10 @@ class IngestPipeline:
         self._clock = clock or SystemClock()
         self._source_label = source_label
 
+    def record_types(self, system: str) -> set[str]:
+        """The record types of ``system`` the mappings map."""
+        return {m.record_type for m in self._mappings if m.system == system}
+
     # -- whole sources ------------------------------------------------------------------------
 
     def run(
