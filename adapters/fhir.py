@@ -200,6 +200,29 @@ def size_findings(value: Any, path: str, limits: Limits) -> list[Finding]:
     return findings
 
 
+def security_findings(labels: Any, path: str) -> list[Finding]:
+    """A security label that cannot be read exactly (a list of codings, each with a URI
+    ``system`` and a ``code``) must never be dropped or kept half: dropping it could release
+    what it restricts. The resource is refused instead."""
+    if not isinstance(labels, list):
+        return [(path, "meta.security is not a list")]
+    findings: list[Finding] = []
+    for index, label in enumerate(labels):
+        here = f"{path}[{index}]"
+        if not isinstance(label, dict):
+            findings.append((here, "a security label is not a coding"))
+            continue
+        system, code = label.get("system"), label.get("code")
+        if not (isinstance(system, str) and _URI.fullmatch(system)):
+            findings.append((f"{here}.system", "a security label has no URI system"))
+        if not (isinstance(code, str) and code.strip() and code == code.strip()):
+            findings.append((f"{here}.code", "a security label has no code"))
+    return findings
+
+
+_URI: Final = re.compile(r"(?:https?://|urn:)[^\s]{1,4000}")
+
+
 def _places(findings: Iterable[Finding]) -> tuple[Place, ...]:
     return tuple(Place(field=where) for where, _ in findings)
 
@@ -586,6 +609,8 @@ class FhirPull:
                 findings.append(
                     (f"{rpath}.meta.lastUpdated", "meta.lastUpdated is not a FHIR instant")
                 )
+        if isinstance(meta, dict) and "security" in meta:
+            findings.extend(security_findings(meta["security"], f"{rpath}.meta.security"))
         if findings:
             return _problem(kind, _reason(findings), origin, findings)
         assert isinstance(rid, str)

@@ -772,7 +772,8 @@ class LegalServerCoreAPI:
         """One matter by its uuid (``GET /api/v2/matters/{uuid}``), outside any mark."""
         if not _UUID.fullmatch(uuid):
             raise ValueError("not a matter uuid")
-        origin = Origin(f"{MATTERS_SOURCE}/{uuid.lower()}", "item")
+        # Never the uuid in the source: operators see sources in clear (quarantine, Provenance).
+        origin = Origin(MATTERS_SOURCE, "one matter")
         try:
             response = self._client.get(
                 f"{MATTERS_PATH}/{uuid.lower()}",

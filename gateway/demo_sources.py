@@ -55,6 +55,7 @@ class Ingested:
 
     summaries: dict[str, IngestSummary] = field(default_factory=dict)
     acks: dict[str, int] = field(default_factory=dict)  # MSA-1 code -> how many
+    stranger_ack: tuple[str, str] = ("", "")  # (MSA-1, ERR-3 code) of the unknown facility's
 
     def created(self, label: str, resource_type: str) -> int:
         summary = self.summaries.get(label)
@@ -106,7 +107,7 @@ async def ingest_sources(
     row(legal_aid, "LegalServer Core API", pulled)
 
     hospital = _partner(directory, "st-marys-hospital")
-    done.acks = await _over_mllp(app, settings, directory, mappings)
+    done.acks, done.stranger_ack = await _over_mllp(app, settings, directory, mappings)
     table.add_row(
         hospital.name,
         "REF^I12 over MLLP",
@@ -121,7 +122,8 @@ async def ingest_sources(
     console.print(
         "MLLP acknowledgments: "
         + ", ".join(f"{code} {count}" for code, count in sorted(done.acks.items()))
-        + " (AR: the message from a facility that is not a partner)"
+        + f"; the facility that is not a partner: {done.stranger_ack[0]}"
+        + f" (ERR {done.stranger_ack[1]}, unknown sender)"
     )
     return done
 
@@ -158,7 +160,7 @@ def _frames(path: Path) -> list[bytes]:
 
 async def _over_mllp(
     app: FastAPI, settings: Settings, directory: PartnerDirectory, mappings: MappingSet
-) -> dict[str, int]:
+) -> tuple[dict[str, int], tuple[str, str]]:
     """The gateway's MLLP listener on a loopback port; the hospital's referrals sent to it
     over a real socket, each answer read before the next message goes (send and wait)."""
 
@@ -170,25 +172,32 @@ async def _over_mllp(
     listener = MllpListener(Hl7Ingest(directory, pipeline_for), host="127.0.0.1", port=0)
     await listener.start()
     acks: dict[str, int] = {}
+    stranger = ("", "")
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         try:
-            for message in [*_frames(REFERRALS), *_frames(STRANGER)]:
+            messages = [(m, False) for m in _frames(REFERRALS)]
+            messages += [(m, True) for m in _frames(STRANGER)]
+            for message, from_stranger in messages:
                 writer.write(START_BLOCK + message + END_BLOCK + b"\r")
                 await writer.drain()
                 ack = await asyncio.wait_for(reader.readuntil(END_BLOCK + b"\r"), 30)
-                code = _msa_code(ack)
+                code = _field(ack, b"MSA", 1)
                 acks[code] = acks.get(code, 0) + 1
+                if from_stranger:
+                    stranger = (code, _field(ack, b"ERR", 3).split("^")[0])
         finally:
             writer.close()
             await writer.wait_closed()
     finally:
         await listener.close()
-    return acks
+    return acks, stranger
 
 
-def _msa_code(ack: bytes) -> str:
+def _field(ack: bytes, segment_id: bytes, number: int) -> str:
+    """Field ``number`` of the ACK's first ``segment_id`` segment ("" when absent)."""
     for segment in ack.strip(START_BLOCK + END_BLOCK + b"\r").split(b"\r"):
-        if segment.startswith(b"MSA|"):
-            return segment.split(b"|")[1].decode("ascii", "replace")
-    return "?"
+        fields = segment.split(b"|")
+        if fields[0] == segment_id:
+            return fields[number].decode("ascii", "replace") if number < len(fields) else ""
+    return ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import logging
 import os
 import time
@@ -145,6 +146,11 @@ class Partner(BaseModel):
     # A shelter that is a VAWA victim service provider (28 CFR 94.115), whatever its HMIS
     # exports say: its exports are read as a VSP's (docs/hmis-csv.md).
     victim_service_provider: bool = False
+    # Where this partner's HL7 v2 messages come from over MLLP (IP addresses or networks,
+    # CIDR): MSH-4 is written by the sender, so it says whose a message is only when the
+    # connection comes from the partner's own network. None: the listener accepts nothing
+    # claiming to be this partner.
+    hl7_peers: Annotated[list[str], Field(min_length=1, max_length=64)] | None = None
 
     @field_validator("jwks", mode="before")
     @classmethod
@@ -205,6 +211,30 @@ class Partner(BaseModel):
         if purposes is not None and value not in purposes:
             raise ValueError("must be one of this partner's purposes")
         return value
+
+    @field_validator("hl7_peers")
+    @classmethod
+    def _hl7_peers(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for index, text in enumerate(value):
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"hl7_peers[{index}] is not an IP address or network") from None
+        return value
+
+    def sends_hl7_from(self, address: str) -> bool:
+        """Whether an MLLP connection from ``address`` may speak for this partner."""
+        if not self.hl7_peers:
+            return False
+        try:
+            peer = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped
+        return any(peer in ipaddress.ip_network(n, strict=False) for n in self.hl7_peers)
 
     @field_validator("victim_service_provider")
     @classmethod

@@ -90,7 +90,10 @@ def test_some_input_quarantined_exits_3_and_quarantine_says_where_never_what(env
     assert listed.exit_code == 0
     assert "Client.csv" in listed.output
     assert "4/30/1990" not in listed.output
-    held = re.search(r"q-[A-Za-z0-9_-]{12}", listed.output)
+    # The bad row, and the enrollment of that client, which waits for it (no dangling reference).
+    client_row = next(line for line in listed.output.splitlines() if "Client.csv" in line)
+    assert any("Enrollment.csv" in line for line in listed.output.splitlines())
+    held = re.search(r"q-[A-Za-z0-9_-]{12}", client_row)
     assert held is not None
     shown = runner.invoke(app, ["quarantine", "show", held.group(0)])
     assert shown.exit_code == 0

@@ -210,7 +210,7 @@ def hmis_csv(
     for a partner of kind shelter; from any other partner it is refused whole."""
     from adapters.hmis import read_export
 
-    with opened(partner, source_label=f"hmis-csv {source.name}", batch_size=batch_size) as (
+    with opened(partner, source_label="hmis-csv", batch_size=batch_size) as (
         pipeline,
         who,
         _directory,
@@ -392,7 +392,7 @@ def hl7v2(
     quarantined, not stored."""
     from adapters.hl7v2 import read_hl7_file
 
-    with opened(partner, source_label=f"hl7v2 {source.name}", batch_size=batch_size) as (
+    with opened(partner, source_label="hl7v2", batch_size=batch_size) as (
         pipeline,
         who,
         _directory,
@@ -406,10 +406,16 @@ def hl7v2(
 
 def from_facility(items: Iterable[SourceItem], facility: str | None) -> Iterator[SourceItem]:
     """The items of one partner's file, a message from another sending facility (or from a
-    partner with none) turned into a problem: held, never stored as this partner's."""
+    partner with none) turned into a problem: held, never stored as this partner's. The file's
+    own name (an operator's choice: it may name someone) is replaced by ``file`` before it can
+    reach the quarantine's clear columns or a Provenance."""
+    from dataclasses import replace
+
     from gateway.vocabulary.source import Place, SourceProblem
 
     for item in items:
+        if isinstance(item, SourceRecord | SourceProblem):
+            item = replace(item, origin=replace(item.origin, source="file"))
         if isinstance(item, SourceRecord) and (
             facility is None or item.fields.get("sending_facility") != facility
         ):

@@ -4,8 +4,11 @@ says (``adapters.hl7v2.ack_for``): the MLLP listener's handler and ``gateway ing
 For each message:
 
 1. the sender: MSH-4 (its first component) must be the ``hl7_sending_facility`` of a partner
-   in the partners file, else AR (204, unknown key identifier) naming MSH-4 (nothing is kept:
-   the gateway cannot say whose it would be);
+   in the partners file, and (over MLLP) the connection must come from one of that partner's
+   ``hl7_peers``: MSH-4 is written by the sender, so it alone proves nothing. Otherwise AR
+   (204, unknown key identifier) naming MSH-4, the same answer for an unknown facility and for
+   a known one from the wrong address, and nothing is kept (the gateway cannot say whose it
+   would be);
 2. the message is read (``adapters.hl7v2.parse_message``): what cannot be read is AR, what is
    read but wrong (a bad date, a missing required field, a segment out of order) is AE, each
    with the segment and field; either is also quarantined with its bytes, so nothing is lost;
@@ -72,17 +75,27 @@ class Hl7Ingest:
                 self._pipelines[partner.id] = found
             return found
 
-    def sender(self, message: bytes) -> Partner | None:
+    def sender(self, message: bytes, peer: str | None) -> Partner | None:
+        """The partner a message is from: named by MSH-4 and, when it came over the network
+        (``peer``: the connection's address), sent from that partner's own addresses."""
         header = header_of(message)
         facility = header.component(4) if header is not None else ""
         partner = self._directory.by_hl7_facility(facility) if facility else None
+        if partner is None or (peer is not None and not partner.sends_hl7_from(peer)):
+            return None
         return partner
 
     def handle(
-        self, message: bytes, *, source: str = "mllp", locator: str | None = None
+        self,
+        message: bytes,
+        *,
+        peer: str | None,
+        source: str = "mllp",
+        locator: str | None = None,
     ) -> Outcome:
-        """The outcome for one message (blocking: the store is written before it returns)."""
-        partner = self.sender(message)
+        """The outcome for one message (blocking: the store is written before it returns).
+        ``peer``: the address it came from (``None``: an operator's file for one partner)."""
+        partner = self.sender(message, peer)
         if partner is None:
             return Rejected(ErrorCode.UNKNOWN_KEY_IDENTIFIER, UNKNOWN_FACILITY, _MSH4)
         pipeline, lock = self._pipeline(partner)
@@ -96,7 +109,12 @@ class Hl7Ingest:
             outcome_of_record = pipeline.ingest_record(parsed)
         if outcome_of_record.status == "stored":
             return Accepted()
-        place = outcome_of_record.places[0] if outcome_of_record.places else None
+        if parsed.record_type not in pipeline.record_types(parsed.system):
+            return Rejected(
+                ErrorCode.UNSUPPORTED_MESSAGE_TYPE, "this gateway maps no message of this type"
+            )
+        # The first place that names a segment (ERR-2), else none.
+        place = next((p for p in outcome_of_record.places if p.segment), None)
         return NotMappable(place, ErrorCode.DATA_TYPE_ERROR, _sender_text(outcome_of_record.reason))
 
     async def __call__(self, message: bytes, peer: Any) -> Outcome:
@@ -104,7 +122,9 @@ class Hl7Ingest:
         does not stall the other connections."""
         host = getattr(peer, "host", "") or ""
         try:
-            return await asyncio.to_thread(self.handle, message, source=f"mllp {host}".strip())
+            return await asyncio.to_thread(
+                self.handle, message, peer=host, source=f"mllp {host}".strip()
+            )
         except Exception as exc:  # any failure: nothing stored, the sender sends it again
             _log.error("hl7 ingest failed: %s", type(exc).__name__)
             return Rejected(ErrorCode.APPLICATION_INTERNAL_ERROR, "the gateway could not store it")

@@ -281,25 +281,16 @@ class IngestPipeline:
                     self._ledger_key(system, k) for k in _placeholders(mapped_resource.resource)
                 )
         entries = self._ledger.reserve(keys)
+        written_here = {
+            self._ledger_key(p.record.system, r.key) for p in batch for r in p.mapped.resources
+        }
         ready: list[_Ready] = []
         for prepared in batch:
-            one = self._ready(prepared, entries, held)
+            one = self._ready(prepared, entries, held, written_here)
             if one is not None:
                 ready.append(one)
-        writes = [w for r in ready for w in r.writes]
-        stored: list[StoredResource] = []
-        if writes:
-            provenance = self._provenance(ready)
-            stored = self._writers().write_many([w.checked for w in writes] + [provenance])
-            summary.provenance.append(stored[-1].id)
-            self._ledger.mark_written((w.entry, w.content, w.sha) for w in writes)
-        for resource in stored[:-1]:
-            counts = summary.resource(resource.resource_type)
-            if resource.version_id == 1:
-                counts.created += 1
-            else:
-                counts.updated += 1
-        for one in ready:
+        landed = self._store(ready, summary, held)
+        for one in landed:
             for resource_type in one.unchanged:
                 summary.resource(resource_type).unchanged += 1
             record = one.record
@@ -309,16 +300,70 @@ class IngestPipeline:
                 summary.counts(record.system, record.record_type).quarantined += 1
                 reason = "landed in part: " + "; ".join(sorted({p.reason for p in problems}))
                 held.append(self._held_record(record, reason, one.mapped))
-        return len(writes)
+        return sum(len(one.writes) for one in landed)
+
+    def _store(
+        self, ready: list[_Ready], summary: IngestSummary, held: list[NewQuarantine]
+    ) -> list[_Ready]:
+        """Write the batch in one unit of work; the records that landed. When the write path
+        refuses the batch (a Consent naming a Patient the partner does not hold, a record of
+        another partner's), each record is written alone, so that only the refused one is
+        held and the rest lands. Anything but a refusal (the database, the audit) stops the
+        run: nothing of the batch is stored without its audit events."""
+        writes = [w for r in ready for w in r.writes]
+        if not writes:
+            return ready
+        try:
+            stored = self._writers().write_many(
+                [w.checked for w in writes] + [self._provenance(ready)]
+            )
+        except GatewayError as exc:
+            if len(ready) > 1:
+                return [one for alone in ready for one in self._store([alone], summary, held)]
+            (one,) = ready
+            reasons = "; ".join(sorted({i.diagnostics for i in exc.issues})) or exc.diagnostics
+            places = tuple(
+                Place(file=one.record.origin.source, row=_row(one.record), field=e)
+                for issue in exc.issues
+                for e in issue.expression
+            )
+            held.append(self._held_record(one.record, f"refused: {reasons}", one.mapped, places))
+            return []
+        summary.provenance.append(stored[-1].id)
+        self._ledger.mark_written((w.entry, w.content, w.sha) for w in writes)
+        for resource in stored[:-1]:
+            counts = summary.resource(resource.resource_type)
+            if resource.version_id == 1:
+                counts.created += 1
+            else:
+                counts.updated += 1
+        return ready
 
     def _ready(
         self,
         prepared: _Prepared,
         entries: dict[LedgerKey, LedgerEntry],
         held: list[NewQuarantine],
+        batch_keys: set[LedgerKey],
     ) -> _Ready | None:
         record, mapped = prepared.record, prepared.mapped
         sha = mapped.mapping.sha256 if mapped.mapping is not None else ""
+        # No dangling references: what a record points at (its client's Patient) must have
+        # landed before, or be written in this batch; else the record waits in quarantine
+        # (retried once its client lands) rather than point at nothing.
+        missing = sorted(
+            {
+                key.resource_type
+                for resource in mapped.resources
+                for key in _placeholders(resource.resource)
+                if not entries[self._ledger_key(record.system, key)].written
+                and self._ledger_key(record.system, key) not in batch_keys
+            }
+        )
+        if missing:
+            reason = "refers to a " + " and a ".join(missing) + " of this source that did not land"
+            held.append(self._held_record(record, reason, mapped, ()))
+            return None
 
         def resolve(key: SourceKey) -> str | None:
             found = entries.get(self._ledger_key(record.system, key))
