@@ -294,11 +294,19 @@ def _keyed_store() -> tuple[SqlStore, FileKeyRing]:
 def keys_reencrypt(
     batch: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
 ) -> None:
-    """Re-encrypt every stored version under the active key."""
+    """Re-encrypt every stored version, and every quarantined item, under the active key."""
+    from gateway.ingest.quarantine import Quarantine
+
     store, keys = _keyed_store()
-    pending = sum(n for k, n in store.count_by_key().items() if k != keys.current().active)
+    active = keys.current().active
+    pending = sum(n for k, n in store.count_by_key().items() if k != active)
     _in_batches("re-encrypting", pending, store.reencrypt(batch))
-    console.print(f"re-encrypted {pending} versions under {keys.current().active}")
+    console.print(f"re-encrypted {pending} versions under {active}")
+    held = Quarantine(store.engine, keys.current)
+    waiting = sum(n for k, n in held.count_by_key().items() if k != active)
+    if waiting:
+        _in_batches("re-encrypting the quarantine", waiting, held.reencrypt(batch))
+        console.print(f"re-encrypted {waiting} quarantined items under {active}")
     store.close()
 
 
@@ -660,11 +668,17 @@ def keys_status() -> None:
         ensure_schema(engine)
     except (KeyMaterialError, SchemaOutOfDate) as exc:
         raise _fail(str(exc)) from exc
+    from gateway.ingest.quarantine import Quarantine
+
     counts = SqlStore(engine, keys, SystemClock()).count_by_key()
-    table = Table("key id", "active", "versions")
+    held = Quarantine(engine, keys.current).count_by_key()
+    table = Table("key id", "active", "versions", "quarantined")
     for key_id in keys.current().key_ids:
         table.add_row(
-            key_id, "yes" if key_id == keys.current().active else "", str(counts.get(key_id, 0))
+            key_id,
+            "yes" if key_id == keys.current().active else "",
+            str(counts.get(key_id, 0)),
+            str(held.get(key_id, 0)),
         )
     Console().print(table)
     engine.dispose()

@@ -160,3 +160,21 @@ def test_synth_writes_each_kind_of_source(env: Path) -> None:
     assert len(orjson.loads((env / "m.json").read_bytes())["data"]) == 3
     assert (env / "a.hl7").read_bytes().count(b"\x0bMSH|") == 2
     assert (env / "x.zip").stat().st_size > 0
+
+
+def test_reencrypt_after_a_rotation_moves_the_quarantine_to_the_new_key_too(env: Path) -> None:
+    export = _synth(env, "--clients", "3")
+    _break_a_date(export)
+    held = runner.invoke(app, ["ingest", "hmis-csv", str(export), "--partner", "riverside-shelter"])
+    assert held.exit_code == 3
+    assert runner.invoke(app, ["keys", "rotate", "--encryption"]).exit_code == 0
+    moved = runner.invoke(app, ["keys", "reencrypt"])
+    assert moved.exit_code == 0, moved.output
+    assert "quarantined items under" in moved.output
+    status = runner.invoke(app, ["keys", "status"])
+    active = next(line for line in status.output.splitlines() if "yes" in line)
+    others = [line for line in status.output.splitlines() if "│" in line and "yes" not in line]
+    assert re.search(r"│\s*[1-9]\d*\s*│\s*$", active.rstrip()), status.output
+    assert others
+    for line in others:
+        assert re.search(r"│\s*0\s*│\s*0\s*│\s*$", line.rstrip()), status.output

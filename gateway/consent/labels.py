@@ -22,6 +22,7 @@ Pure: no I/O once the tables are loaded (``load_label_tables``).
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -97,10 +98,12 @@ def tables_from_dict(doc: Mapping[str, Any]) -> LabelTables:
     )
 
 
+@functools.lru_cache(maxsize=65_536)
 def _fold(code: str) -> str:
     return _plain(code).replace(".", "").upper()
 
 
+@functools.lru_cache(maxsize=65_536)
 def _plain(code: str) -> str:
     """A code as compared: compatibility-normalised (a fullwidth F is F), invisible format
     characters (zero-width spaces) dropped, and a SNOMED expression's ``|term|`` cut off."""
