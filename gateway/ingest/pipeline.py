@@ -23,16 +23,20 @@ VSP export from a partner that is not a shelter) stops the run; what came before
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
+
+import orjson
 
 from gateway.clock import Clock, SystemClock
 from gateway.errors import GatewayError
 from gateway.ingest.ledger import LedgerEntry, LedgerKey
 from gateway.ingest.quarantine import NewQuarantine
 from gateway.mapping import (
+    PREFIX,
     Mapped,
     MappingContext,
     MappingSet,
@@ -132,6 +136,12 @@ class RecordOutcome:
 class _Prepared:
     record: SourceRecord
     mapped: Mapped
+    # The placeholders each mapped resource holds (what it points at), found once.
+    refers_to: list[set[SourceKey]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.refers_to:
+            self.refers_to = [_placeholders(r.resource) for r in self.mapped.resources]
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,11 +285,11 @@ class IngestPipeline:
         keys: set[LedgerKey] = set()
         for prepared in batch:
             system = prepared.record.system
-            for mapped_resource in prepared.mapped.resources:
+            for mapped_resource, refers_to in zip(
+                prepared.mapped.resources, prepared.refers_to, strict=True
+            ):
                 keys.add(self._ledger_key(system, mapped_resource.key))
-                keys.update(
-                    self._ledger_key(system, k) for k in _placeholders(mapped_resource.resource)
-                )
+                keys.update(self._ledger_key(system, k) for k in refers_to)
         entries = self._ledger.reserve(keys)
         written_here = {
             self._ledger_key(p.record.system, r.key) for p in batch for r in p.mapped.resources
@@ -354,8 +364,8 @@ class IngestPipeline:
         missing = sorted(
             {
                 key.resource_type
-                for resource in mapped.resources
-                for key in _placeholders(resource.resource)
+                for refers_to in prepared.refers_to
+                for key in refers_to
                 if not entries[self._ledger_key(record.system, key)].written
                 and self._ledger_key(record.system, key) not in batch_keys
             }
@@ -487,19 +497,21 @@ class IngestPipeline:
         )
 
 
+_PLACEHOLDER_REFERENCE = re.compile(rb'"reference":"(' + re.escape(PREFIX.encode()) + rb'[^"]*)"')
+
+
 def _placeholders(node: Any) -> set[SourceKey]:
+    """The placeholders a resource holds (``reference`` values only), found in its JSON text:
+    a placeholder is percent-encoded (no quote, no backslash), and a ``"reference":"`` inside
+    a string value would have its quotes escaped, so only the element itself matches."""
+    data = orjson.dumps(node)
+    if PREFIX.encode() not in data:
+        return set()
     found: set[SourceKey] = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
-                parsed = parse_source_reference(value)
-                if parsed is not None:
-                    found.add(parsed)
-            else:
-                found |= _placeholders(value)
-    elif isinstance(node, list):
-        for value in node:
-            found |= _placeholders(value)
+    for match in _PLACEHOLDER_REFERENCE.finditer(data):
+        parsed = parse_source_reference(match.group(1).decode())
+        if parsed is not None:
+            found.add(parsed)
     return found
 
 
