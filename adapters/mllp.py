@@ -21,6 +21,10 @@ For each connection, frames are handled one after another (MLLP is send-and-wait
 
 Nothing is logged of a message but its control id when that is a plain token; exceptions are
 logged by type, never by text (their text may quote a value).
+
+Also here: :func:`serve_echo`, the same listener answering AA from the MSH alone (a benchmark's
+baseline), and :func:`send_messages`, a send-and-wait client for tests, benchmarks and the demo.
+docs/hl7v2.md describes the API.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +43,9 @@ from adapters.hl7v2 import (
     CARRIAGE_RETURN,
     END_BLOCK,
     START_BLOCK,
+    Accepted,
     ErrorCode,
+    NotMappable,
     Outcome,
     Rejected,
     ack_for,
@@ -139,7 +145,8 @@ class MllpListener:
         """How many connections are open."""
         return len(self._connections)
 
-    async def start(self) -> None:
+    async def start(self) -> tuple[str, int]:
+        """Listen; the address and the bound port (the system's choice for port 0)."""
         if self._server is not None:
             raise RuntimeError("the listener is already started")
         self._closing = False
@@ -148,6 +155,7 @@ class MllpListener:
             self._accept, self._host, self._port, limit=self._max_message_bytes + 1
         )
         _log.info("mllp: listening on %s:%d", self._host, self.port)
+        return self._host, self.port
 
     async def serve_forever(self) -> None:
         """Start (if needed) and serve until cancelled; then close gracefully."""
@@ -248,8 +256,18 @@ class MllpListener:
     async def _handle(self, message: bytes, peer: Peer) -> Outcome:
         try:
             if self._handler_timeout is None:
-                return await self._on_message(message, peer)
-            return await asyncio.wait_for(self._on_message(message, peer), self._handler_timeout)
+                outcome = await self._on_message(message, peer)
+            else:
+                outcome = await asyncio.wait_for(
+                    self._on_message(message, peer), self._handler_timeout
+                )
+            if isinstance(outcome, Accepted | NotMappable | Rejected):
+                return outcome
+            _log.error("mllp: connection %d: handler returned no outcome", peer.connection)
+            return Rejected(
+                ErrorCode.APPLICATION_INTERNAL_ERROR,
+                "the gateway could not process the message; send it again",
+            )
         except TimeoutError:
             _log.error("mllp: connection %d: handling timed out", peer.connection)
             return Rejected(
@@ -295,3 +313,43 @@ class MllpListener:
             async with asyncio.timeout(min(self._idle_timeout, 2.0)):
                 while await reader.read(65_536):
                     pass
+
+
+# -- a baseline server and a client, for tests, benchmarks and the demo ---------------------
+
+
+async def _accept_everything(_message: bytes, _peer: Peer) -> Outcome:
+    return Accepted()
+
+
+async def serve_echo(host: str = "127.0.0.1", port: int = 0, **options: Any) -> MllpListener:
+    """A started MLLP server with the listener's framing, limits and ACK writer that answers
+    every frame AA (CA) from its MSH alone, reading nothing else of it and storing nothing:
+    the baseline a benchmark compares the gateway's listener with. ``options`` are
+    :class:`MllpListener`'s. Close it with ``await server.close()``."""
+    server = MllpListener(_accept_everything, host=host, port=port, **options)
+    await server.start()
+    return server
+
+
+async def send_messages(
+    host: str, port: int, messages: Iterable[bytes], *, timeout_seconds: float = 30.0
+) -> list[bytes]:
+    """Send ``messages`` on one connection, send and wait (each framed, its ACK read before
+    the next goes); the ACKs without their framing. Raises ``asyncio.IncompleteReadError``
+    when the server closes the connection before an ACK and ``TimeoutError`` when one takes
+    longer than ``timeout_seconds``."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_seconds)
+    acks: list[bytes] = []
+    try:
+        for message in messages:
+            writer.write(START_BLOCK + message + _SEPARATOR)
+            await asyncio.wait_for(writer.drain(), timeout_seconds)
+            block = await asyncio.wait_for(reader.readuntil(_SEPARATOR), timeout_seconds)
+            start = block.find(START_BLOCK)
+            acks.append(block[start + 1 : -len(_SEPARATOR)])
+    finally:
+        writer.close()
+        with suppress(ConnectionError, OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), timeout_seconds)
+    return acks
