@@ -213,6 +213,98 @@ def rss_table(sizes: Sequence[int], console: Console) -> Table:
     return table
 
 
+def _hospital_directory() -> Any:
+    from gateway.partners import Partner, PartnerDirectory
+
+    return PartnerDirectory(
+        [
+            Partner.model_validate(
+                {
+                    "id": "st-marys-hospital",
+                    "name": "St. Mary's Hospital",
+                    "kind": "hospital",
+                    "organization": "Organization/st-marys-hospital",
+                    "jwks": "demo-generated-keys",
+                    "scopes": ["system/*.cruds"],
+                    "purposes": ["TREAT"],
+                    "default_purpose": "TREAT",
+                    "hl7_sending_facility": "STMARYS",
+                    "hl7_peers": ["127.0.0.1/32"],
+                }
+            ),
+            *_directory(),
+        ]
+    )
+
+
+async def _send_all(port: int, messages: list[bytes], senders: int) -> tuple[float, list[bytes]]:
+    """``senders`` connections at once, each send-and-wait over its share of the messages."""
+    import asyncio
+
+    from adapters.mllp import send_messages
+
+    shares = [messages[i::senders] for i in range(senders)]
+    started = time.perf_counter()
+    answered = await asyncio.gather(*(send_messages("127.0.0.1", port, s) for s in shares))
+    return time.perf_counter() - started, [ack for acks in answered for ack in acks]
+
+
+def _msa(ack: bytes) -> str:
+    for segment in ack.split(b"\r"):
+        if segment.startswith(b"MSA|"):
+            return segment.split(b"|")[1].decode("ascii", "replace")
+    return "?"
+
+
+MllpRun = tuple[str, float, int, dict[str, int]]  # (path, seconds, ACKs, ACK codes)
+
+
+def mllp_runs(count: int, senders: int, workdir: Path) -> list[MllpRun]:
+    """REF^I12 referrals over MLLP on loopback: the gateway's listener storing each through
+    the hospital's pipeline (SQLite) before its AA, and a bare echo server (MLLP framing and
+    an AA built from the MSH, nothing parsed or stored), with the same senders."""
+    import asyncio
+    from collections import Counter
+
+    from adapters.mllp import MllpListener, serve_echo
+    from gateway.app import ingest_pipeline
+    from gateway.ingest.hl7 import Hl7Ingest
+    from gateway.synth.hl7 import ref_i12_messages
+
+    messages = list(ref_i12_messages(count, seed=16, sending_facility="STMARYS"))
+    directory = _hospital_directory()
+    app, settings = _app(fresh_sqlite(workdir, "mllp"), workdir)
+
+    def pipeline_for(partner: Any) -> Any:
+        return ingest_pipeline(app, settings, partner, directory)
+
+    async def run() -> list[MllpRun]:
+        echo = await serve_echo(max_connections=senders * 2)
+        try:
+            echo_seconds, echo_acks = await _send_all(echo.port, messages, senders)
+        finally:
+            await echo.close()
+        listener = MllpListener(
+            Hl7Ingest(directory, pipeline_for), port=0, max_connections=senders * 2
+        )
+        await listener.start()
+        try:
+            seconds, acks = await _send_all(listener.port, messages, senders)
+        finally:
+            await listener.close()
+        return [
+            ("bare MLLP echo (baseline)", echo_seconds, len(echo_acks),
+             dict(Counter(_msa(a) for a in echo_acks))),
+            ("gateway listener: parse, map, store, audit, then ACK", seconds, len(acks),
+             dict(Counter(_msa(a) for a in acks))),
+        ]  # fmt: skip
+
+    try:
+        return asyncio.run(run())
+    finally:
+        app.state.gateway.audit.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--clients", type=int, default=10_000, help="clients in the export")
@@ -220,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rss", default="1000,10000,30000", help="client counts for the RSS runs ('' for none)"
     )
     parser.add_argument("--quick", action="store_true", help="1,000 clients, RSS at 500 and 2,000")
+    parser.add_argument("--messages", type=int, default=2_000, help="REF^I12 messages over MLLP")
+    parser.add_argument("--senders", type=int, default=8, help="concurrent MLLP connections")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     add_postgres_options(parser)
     args = parser.parse_args(argv)
@@ -227,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rss_child(args.rss_child)
         return 0
     if args.quick:
-        args.clients, args.rss = 1_000, "500,2000"
+        args.clients, args.rss, args.messages = 1_000, "500,2000", 400
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
@@ -260,6 +354,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run.seconds / baseline.seconds:.1f}x",
             )
         console.print(table)
+        mllp = Table(
+            "path", "messages", "ACKs", "seconds", "messages/s", "vs echo",
+            title=f"MLLP, {args.senders} concurrent senders (target: 300 messages/s stored)",
+        )  # fmt: skip
+        results = mllp_runs(args.messages, args.senders, workdir)
+        echo_rate = results[0][2] / results[0][1]
+        for path, seconds, answered, codes in results:
+            rate = answered / seconds
+            mllp.add_row(
+                path,
+                f"{args.messages:,}",
+                ", ".join(f"{code} {n:,}" for code, n in sorted(codes.items())),
+                f"{seconds:.2f}",
+                f"{rate:,.0f}",
+                f"{rate / echo_rate:.2f}x",
+            )
+        console.print(mllp)
         sizes = [int(x) for x in args.rss.split(",") if x.strip()]
         if sizes:
             console.print(rss_table(sizes, console))
