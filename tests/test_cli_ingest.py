@@ -178,3 +178,59 @@ def test_reencrypt_after_a_rotation_moves_the_quarantine_to_the_new_key_too(env:
     assert others
     for line in others:
         assert re.search(r"│\s*0\s*│\s*0\s*│\s*$", line.rstrip()), status.output
+
+
+def test_ingest_fhir_pulls_as_the_gateways_own_smart_client_and_a_second_run_reads_only_news(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over real HTTP on loopback: the fake hospital verifies the gateway's signed assertion;
+    the pulled Patients, referrals and care plans land as the hospital's; the mark is kept, so
+    the next run pulls nothing new and stores nothing."""
+    from cryptography.hazmat.primitives import serialization
+
+    from adapters.smart import public_jwk
+    from gateway.synth.fhir import hospital_resources, serve_fake_fhir
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    (env / "keys" / "smart-client.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    resources = hospital_resources(30, seed=3)
+    with serve_fake_fhir(
+        resources, client_id="care-gateway", public_jwks={"keys": [public_jwk(key)]}
+    ) as base:
+        args = ["ingest", "fhir", base, "--partner", "st-marys-hospital"]
+        first = runner.invoke(app, [*args, "--client-id", "care-gateway"])
+        assert first.exit_code == 0, first.output
+        assert re.search(r"Patient\s*│\s*10\s*│\s*0\s*│\s*0", first.output), first.output
+        again = runner.invoke(app, [*args, "--client-id", "care-gateway"])
+        assert again.exit_code == 0, again.output
+        assert "Patient" not in again.output.split("Resources")[-1]
+        refused = runner.invoke(app, [*args, "--client-id", "someone-else"])
+        assert refused.exit_code == 1
+        assert "invalid_client" in refused.output
+
+
+def test_ingest_legalserver_needs_its_token_from_the_environment_and_pulls_from_the_site(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.synth.legalserver import matters, serve_fake_legalserver
+
+    with serve_fake_legalserver(matters(6, seed=4), token="s3cret-token") as base:
+        args = ["ingest", "legalserver", base, "--partner", "northside-legal-aid"]
+        missing = runner.invoke(app, args)
+        assert missing.exit_code == 1
+        assert "GATEWAY_LEGALSERVER_TOKEN" in missing.output
+        monkeypatch.setenv("GATEWAY_LEGALSERVER_TOKEN", "s3cret-token")
+        pulled = runner.invoke(app, [*args, "--page-size", "4"])
+        assert pulled.exit_code in (0, 3), pulled.output
+        assert re.search(r"legalserver\s*│\s*matter\s*│\s*6\s*│", pulled.output), pulled.output
+        assert "s3cret-token" not in pulled.output
+        monkeypatch.setenv("GATEWAY_LEGALSERVER_TOKEN", "wrong")
+        refused = runner.invoke(app, args)
+        assert refused.exit_code == 1
+        assert "wrong" not in refused.output
