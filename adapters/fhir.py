@@ -26,6 +26,7 @@ import httpx
 import orjson
 
 from adapters._http import SourceClient, SourceError, SourceRefused
+from adapters._pull import Pull as _Pull
 from adapters.smart import TokenRefused
 from gateway.vocabulary.source import (
     Origin,
@@ -141,25 +142,8 @@ class HighWaterMark:
         return cls(tuple(updated), tuple(recent))
 
 
-@dataclass(frozen=True, slots=True)
-class Pull:
-    """What one pull yields, in source order, and the mark to store for the next one. A type's
-    mark moves only when every page of that type was read."""
-
-    items: tuple[SourceItem, ...]
-    high_water_mark: HighWaterMark
-
-    @property
-    def records(self) -> list[SourceRecord]:
-        return [i for i in self.items if isinstance(i, SourceRecord)]
-
-    @property
-    def problems(self) -> list[SourceProblem]:
-        return [i for i in self.items if isinstance(i, SourceProblem)]
-
-    @property
-    def notices(self) -> list[SourceNotice]:
-        return [i for i in self.items if isinstance(i, SourceNotice)]
+# One pull's items and the mark to store next (the mark of this adapter).
+Pull = _Pull[HighWaterMark]
 
 
 Finding = tuple[str, str]  # (JSON path, reason)

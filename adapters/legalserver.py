@@ -33,6 +33,7 @@ from adapters._http import (
     SourceError,
     SourceRefused,
 )
+from adapters._pull import Pull as _Pull
 from gateway.vocabulary.source import (
     Origin,
     Place,
@@ -189,26 +190,8 @@ class HighWaterMark:
         return cls(updated_at, recent)
 
 
-@dataclass(frozen=True, slots=True)
-class Pull:
-    """What one pull yields, in source order, and the mark to store for the next one. The mark
-    moves only when every page was read: after a failed page it is the mark the pull began with,
-    so the next pull reads that window again."""
-
-    items: tuple[SourceItem, ...]
-    high_water_mark: HighWaterMark
-
-    @property
-    def records(self) -> list[SourceRecord]:
-        return [i for i in self.items if isinstance(i, SourceRecord)]
-
-    @property
-    def problems(self) -> list[SourceProblem]:
-        return [i for i in self.items if isinstance(i, SourceProblem)]
-
-    @property
-    def notices(self) -> list[SourceNotice]:
-        return [i for i in self.items if isinstance(i, SourceNotice)]
+# One pull's items and the mark to store next (the mark of this adapter).
+Pull = _Pull[HighWaterMark]
 
 
 def legalserver_client(

@@ -21,19 +21,19 @@ import base64
 import json
 import random
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 
+from gateway.synth._serve import serving
 from gateway.synth.names import person
 
 TODAY: Final = date(2026, 12, 1)
@@ -522,27 +522,9 @@ def serve_fake_fhir(
         clock=clock,
         log=log,
     )
-    server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
-    if ":" in host:
-
-        class _V6(ThreadingHTTPServer):
-            address_family = socket.AF_INET6
-
-        server_class = _V6
-    server = server_class((host, port), _handler(site))
-    server.daemon_threads = True
-    shown = f"[{host}]" if ":" in host else host
-    site.base = f"http://{shown}:{server.server_address[1]}"
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="fake-fhir", daemon=True
-    )
-    thread.start()
-    try:
-        yield f"{site.base}{FHIR_PATH}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(_handler(site), host=host, port=port, name="fake-fhir") as base:
+        site.base = base
+        yield f"{base}{FHIR_PATH}"
 
 
 __all__ = [

@@ -30,10 +30,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
+from gateway.synth._serve import serving
 from gateway.synth.names import Person, person
 
 EASTERN: Final = timezone(timedelta(hours=-5))
@@ -492,27 +493,8 @@ def serve_fake_legalserver(
         report_keys=dict(report_keys or {}),
         clock=clock,
     )
-    server_class = ThreadingHTTPServer
-    if ":" in host:
-        import socket
-
-        class _V6(ThreadingHTTPServer):
-            address_family = socket.AF_INET6
-
-        server_class = _V6
-    server = server_class((host, port), _handler(site))
-    server.daemon_threads = True
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="fake-legalserver", daemon=True
-    )
-    thread.start()
-    shown = f"[{host}]" if ":" in host else host
-    try:
-        yield f"http://{shown}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(_handler(site), host=host, port=port, name="fake-legalserver") as base:
+        yield base
 
 
 __all__ = [
