@@ -20,6 +20,7 @@ The floor below every layer: imports nothing from ``gateway``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -83,6 +84,12 @@ def canonical_system(system: str | None) -> str | None:
     """The canonical URI of a listed code system; any other system (and None) unchanged."""
     if not isinstance(system, str):
         return system
+    # Only plausible URIs are cached: the cache is bounded in entries and so, here, in bytes.
+    return _canonical(system) if len(system) <= 256 else _canonical.__wrapped__(system)
+
+
+@functools.lru_cache(maxsize=16_384)  # a network uses a few dozen systems, in every record
+def _canonical(system: str) -> str:
     key = _key(system)
     edition = _SNOMED_EDITION.fullmatch(key)
     if edition is not None:  # an edition (and version) URI is still SNOMED CT
