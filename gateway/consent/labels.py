@@ -98,13 +98,22 @@ def tables_from_dict(doc: Mapping[str, Any]) -> LabelTables:
     )
 
 
-@functools.lru_cache(maxsize=65_536)
 def _fold(code: str) -> str:
+    # Only short codes are cached (the cache is bounded in entries, so here in bytes too).
+    return _fold_cached(code) if len(code) <= 128 else _fold_cached.__wrapped__(code)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _fold_cached(code: str) -> str:
     return _plain(code).replace(".", "").upper()
 
 
-@functools.lru_cache(maxsize=65_536)
 def _plain(code: str) -> str:
+    return _plain_cached(code) if len(code) <= 128 else _plain_cached.__wrapped__(code)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _plain_cached(code: str) -> str:
     """A code as compared: compatibility-normalised (a fullwidth F is F), invisible format
     characters (zero-width spaces) dropped, and a SNOMED expression's ``|term|`` cut off."""
     text = unicodedata.normalize("NFKC", code)
