@@ -13,7 +13,7 @@ Imports only ``gateway.vocabulary`` and third-party libraries; reads files only 
 from __future__ import annotations
 
 from gateway.mapping.codes import CodeEntry, CodeTable
-from gateway.mapping.engine import RecordMapping
+from gateway.mapping.engine import RecordMapping, organization_lookup_key
 from gateway.mapping.loader import (
     MappingSet,
     MappingSpecError,
@@ -53,6 +53,7 @@ __all__ = [
     "compile_document",
     "load_code_tables",
     "load_mappings",
+    "organization_lookup_key",
     "parse_source_reference",
     "read_schema",
     "rewrite_placeholders",

@@ -48,11 +48,21 @@ SOURCE_KEYS = frozenset(
         "$expr",
         "$first",
         "$partner_ref",
+        "$organization",
     }
 )
 # With any of these, a $const is mapped at run time (a conversion, a versioned code entry, ...).
 SOURCE_MODIFIERS = frozenset(
-    {"$as", "$split", "$source_ref", "$local_ref", "$required", "$expected", "$unknown"}
+    {
+        "$as",
+        "$split",
+        "$source_ref",
+        "$local_ref",
+        "$required",
+        "$expected",
+        "$unknown",
+        "$invalid",
+    }
 )
 CONTEXT_NAMES = frozenset({"partner_id", "partner_kind", "record_type", "source_id", "version"})
 FIELDS_JOINER = ":"
@@ -142,6 +152,10 @@ class _Compiler:
         self._reads(f"{jpath}.field", scope + _plain_steps(path), container_ok=True)
         steps = _condition_steps(path)
         if "equals" in spec:
+            if isinstance(spec["equals"], bool):
+                if any(each for _name, each in steps):
+                    raise SpecError(f"{jpath}.field", "a boolean condition reads one field")
+                return engine.condition_is(steps, spec["equals"])
             return engine.condition_equals(steps, frozenset([spec["equals"]]))
         if "in" in spec:
             return engine.condition_equals(steps, frozenset(spec["in"]))
@@ -185,12 +199,15 @@ class _Compiler:
         in_array: bool,
     ) -> Node:
         each = spec.get("$each")
+        alias = spec.get("$each_as")
         inner_scope = scope
+        if alias is not None and each is None:
+            raise SpecError(f"{jpath}.$each_as", "names the row of an $each: give $each")
         if each is not None:
             if not in_array:
                 raise SpecError(f"{jpath}.$each", "$each gives several items: use it in an array")
             self._reads(f"{jpath}.$each", scope + _steps(each), container_ok=True)
-            inner_scope = scope + _steps(each)
+            inner_scope = scope + _steps(each) if alias is None else scope
         keys = [k for k in spec if not k.startswith("$")]
         if not keys:
             raise SpecError(jpath, "an object needs at least one element")
@@ -210,7 +227,7 @@ class _Compiler:
         )
         if each is None:
             return body
-        return Each(_steps(each), body, Where(each, _steps(each)[-1], each, element))
+        return Each(_steps(each), body, Where(each, _steps(each)[-1], each, element), alias)
 
     def value(
         self,
@@ -284,6 +301,14 @@ class _Compiler:
             source = engine.source_expr(expression, where, required=required)
             default_as = "raw"
             many = in_array
+        elif kind == "$organization":
+            target = spec["$organization"]
+            key_node = self.node(
+                target["key"], f"{jpath}.$organization.key", element, scope, in_array=False
+            )
+            key_where = key_node.where if isinstance(key_node, Value) else where
+            source = engine.source_organization(key_node, target["prefix"], key_where)
+            default_as = "raw"
         else:  # $partner_ref
             source = engine.source_partner_ref()
             default_as = "raw"
@@ -327,6 +352,7 @@ class _Compiler:
             required=required,
             expected=expected,
             many=many,
+            invalid_blocks=spec.get("$invalid") == "blocking",
         )
 
     def _const(self, spec: Mapping[str, Any], jpath: str, when: Condition | None) -> Node | None:
@@ -382,8 +408,51 @@ class _Compiler:
             assert isinstance(body, Struct)
             when = rule.get("$when")
             condition = self.condition(when, f"{jpath}.$when", (), resource_type) if when else None
-            rules.append(ResourceRule(resource_type=resource_type, when=condition, body=body))
+            rules.append(
+                ResourceRule(
+                    resource_type=resource_type,
+                    when=condition,
+                    body=body,
+                    key=self._key(rule.get("key"), f"{jpath}.key", resource_type),
+                    each=self._resource_each(rule.get("each"), f"{jpath}.each", resource_type),
+                    labels=self._labels(rule.get("labels", ()), f"{jpath}.labels"),
+                )
+            )
         return rules
+
+    def _key(self, spec: Any, jpath: str, resource_type: str) -> engine.ResourceKey | None:
+        if spec is None:
+            return None
+        element = f"{resource_type} key"
+        node = self.node(spec["source_id"], f"{jpath}.source_id", element, (), in_array=False)
+        where = node.where if isinstance(node, Value) else Where("", "", "", element)
+        return engine.ResourceKey(spec["record_type"], node, where)
+
+    def _resource_each(
+        self, spec: Any, jpath: str, resource_type: str
+    ) -> engine.ResourceEach | None:
+        if spec is None:
+            return None
+        path = spec["field"]
+        self._reads(f"{jpath}.field", _steps(path), container_ok=True)
+        return engine.ResourceEach(
+            _steps(path), spec["as"], Where(path, _steps(path)[-1], path, resource_type)
+        )
+
+    def _labels(self, specs: Sequence[Any], jpath: str) -> tuple[engine.LabelRule, ...]:
+        out = []
+        for i, spec in enumerate(specs):
+            path = spec["field"]
+            self._reads(f"{jpath}[{i}].field", _plain_steps(path), container_ok=False)
+            table = self.tables.get(spec["table"])
+            if table is None:
+                raise SpecError(f"{jpath}[{i}].table", "names a code table that does not exist")
+            if not any(entry.labels for entry in table.entries.values()):
+                raise SpecError(f"{jpath}[{i}].table", "the code table labels nothing")
+            out.append(
+                engine.LabelRule(_condition_steps(path), table, bool(spec.get("prefix", False)))
+            )
+        return tuple(out)
 
     def checks(self) -> list[engine.Check]:
         out = []
@@ -486,6 +555,12 @@ def tables_used(doc: Any) -> set[str]:
         for check in doc.get("checks", ()) or ():
             if isinstance(check, Mapping) and isinstance(check.get("table"), str):
                 found.add(check["table"])
+        for rule in doc.get("resources", ()) or ():
+            if not isinstance(rule, Mapping):
+                continue
+            for label in rule.get("labels", ()) or ():
+                if isinstance(label, Mapping) and isinstance(label.get("table"), str):
+                    found.add(label["table"])
     return found
 
 

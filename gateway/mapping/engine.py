@@ -87,7 +87,16 @@ _ROW = re.compile(r"row ([0-9]{1,12})")
 class _Run:
     """The state of one ``apply``: the problems so far, the labels of the resource being built."""
 
-    __slots__ = ("context", "file", "jsonata_context", "labels", "problems", "row", "version")
+    __slots__ = (
+        "aliases",
+        "context",
+        "file",
+        "jsonata_context",
+        "labels",
+        "problems",
+        "row",
+        "version",
+    )
 
     def __init__(self, record: SourceRecord, context: MappingContext) -> None:
         self.version = record.version
@@ -101,6 +110,9 @@ class _Run:
         self.row = int(match.group(1)) if match else None
         self.problems: list[MappingProblem] = []
         self.labels: set[str] = set()
+        # A row bound under a name (``each: {as: referral}``, ``$each_as``): the name -> the
+        # row's place (``outgoing_referrals[1]``), so problems name the row, not the alias.
+        self.aliases: dict[str, str] = {}
         self.jsonata_context = {
             "partner_id": context.partner_id,
             "partner_kind": context.partner_kind,
@@ -109,18 +121,37 @@ class _Run:
             "version": record.version,
         }
 
+    def _unalias(self, field: str, column: str) -> tuple[str, str]:
+        """A path through a bound row (``referral.status``) as the row's place
+        (``outgoing_referrals[1].status``); the row itself names its list as the column."""
+        head, dot, rest = field.partition(".")
+        place = self.aliases.get(head)
+        if place is None:
+            return field, column
+        if not dot:
+            return place, place.rpartition("[")[0].rpartition(".")[2]
+        return f"{place}.{rest}", column
+
     def problem(self, where: Where, prefix: str, reason: str, *, blocking: bool) -> None:
         if where.path:
             field = f"{prefix}.{where.path}" if prefix else where.path
             column = where.column
+            if self.aliases:
+                field, column = self._unalias(field, column)
             if field == column:
                 field = ""
         else:
             field, column = prefix, ""
+        name = where.name
+        if self.aliases and name:
+            head, dot, rest = name.partition(".")
+            place = self.aliases.get(head)
+            if place is not None:  # the list's name, not the spec's alias for its row
+                name = place.rpartition("[")[0] + dot + rest
         self.problems.append(
             MappingProblem(
                 place=Place(file=self.file, row=self.row, column=column, field=field),
-                reason=f"{where.name}: {reason}" if where.name else reason,
+                reason=f"{name}: {reason}" if name else reason,
                 element=where.element,
                 blocking=blocking,
             )
@@ -291,6 +322,56 @@ def as_date(run: _Run, value: Any, where: Where, prefix: str, blocking: bool) ->
     return ABSENT
 
 
+_V2_DTM = re.compile(
+    r"([0-9]{4})(?:([0-9]{2})(?:([0-9]{2})"
+    r"(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(\.[0-9]{1,4})?)?)?)?)?)?"
+    r"([+-][0-9]{4})?"
+)
+
+
+def _v2_parts(value: Any) -> re.Match[str] | None:
+    """An HL7 v2 DT/DTM (``YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]``) checked to be a real date
+    and time, or None."""
+    match = _V2_DTM.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, _fraction, zone = match.groups()
+    try:
+        date(int(year), int(month or 1), int(day or 1))
+    except ValueError:
+        return None
+    if (hour and int(hour) > 23) or (minute and int(minute) > 59) or (second and int(second) > 59):
+        return None
+    if zone and (int(zone[1:3]) > 14 or int(zone[3:]) > 59):
+        return None
+    return match
+
+
+def as_v2date(run: _Run, value: Any, where: Where, prefix: str, blocking: bool) -> Any:
+    """An HL7 v2 DT/DTM as a FHIR ``date``: its date part, at the precision sent."""
+    match = _v2_parts(value)
+    if match is None:
+        run.problem(where, prefix, "is not an HL7 date (YYYY[MM[DD]])", blocking=blocking)
+        return ABSENT
+    year, month, day = match.group(1, 2, 3)
+    return "-".join(p for p in (year, month, day) if p)
+
+
+def as_v2datetime(run: _Run, value: Any, where: Where, prefix: str, blocking: bool) -> Any:
+    """An HL7 v2 DTM as a FHIR ``dateTime``. FHIR needs a zone with a time: a time sent without
+    its offset (or without seconds' minutes) keeps only the date part."""
+    match = _v2_parts(value)
+    if match is None:
+        run.problem(where, prefix, "is not an HL7 date and time", blocking=blocking)
+        return ABSENT
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    day_part = "-".join(p for p in (year, month, day) if p)
+    if not (day and hour and minute and zone):
+        return day_part
+    clock = f"{hour}:{minute}:{second or '00'}{fraction or ''}"
+    return f"{day_part}T{clock}{zone[:3]}:{zone[3:]}"
+
+
 def as_id(run: _Run, value: Any, where: Where, prefix: str, blocking: bool) -> Any:
     if isinstance(value, str) and ID_PATTERN.fullmatch(value):
         return value
@@ -323,6 +404,8 @@ CONVERSIONS: Mapping[str, Conversion] = {
     "id": as_id,
     "uri": as_uri,
     "raw": as_raw,
+    "v2date": as_v2date,
+    "v2datetime": as_v2datetime,
 }
 
 
@@ -344,6 +427,17 @@ def condition_equals(steps: tuple[tuple[str, bool], ...], wanted: frozenset[str]
 
     def check(run: _Run, data: Any, prefix: str) -> bool:
         return any(v in wanted for v in gatherer(data) if type(v) is str)
+
+    return check
+
+
+def condition_is(steps: tuple[tuple[str, bool], ...], wanted: bool) -> Condition:
+    """The field is exactly the JSON boolean ``wanted`` (not ``"true"``, not 1)."""
+    getter = make_getter(tuple(name for name, _each in steps))
+
+    def check(run: _Run, data: Any, prefix: str) -> bool:
+        value = getter(data)
+        return type(value) is bool and value is wanted
 
     return check
 
@@ -447,6 +541,8 @@ class Lookup:
             run.labels.update(entry.labels)
         if self.output == "code":
             return entry.code
+        if self.output == "display":
+            return entry.display if entry.display else ABSENT
         if self.output == "coding":
             return entry.coding()
         return {"coding": [entry.coding()]}
@@ -482,6 +578,7 @@ class Value(Node):
     __slots__ = (
         "convert",
         "expected",
+        "invalid_blocks",
         "lookup",
         "many",
         "required",
@@ -505,7 +602,11 @@ class Value(Node):
         required: bool = False,
         expected: bool = False,
         many: bool = False,
+        invalid_blocks: bool = False,
     ) -> None:
+        # ``$invalid: blocking``: a value that is there but cannot be mapped blocks the record;
+        # a missing one does not (unless required).
+        self.invalid_blocks = invalid_blocks
         self.many = many  # an expression in an array: a list result is items of that array
         self.source = source
         self.where = where
@@ -518,7 +619,7 @@ class Value(Node):
         self.expected = expected
 
     def _one(self, run: _Run, value: Any, where: Where, prefix: str) -> Any:
-        blocking = self.required
+        blocking = self.required or self.invalid_blocks
         if self.convert is as_string and type(value) is str and not _BAD_CHARS.search(value):
             pass  # the common case, without a call
         else:
@@ -689,15 +790,20 @@ class Struct(Node):
 
 
 class Each(Node):
-    """``$each``: the object built once per row of a list (its scope is the row)."""
+    """``$each``: the object built once per row of a list (its scope is the row). With
+    ``alias`` (``$each_as``), the scope stays the enclosing one and the row is bound under that
+    name, so the object can read both, and a row may be a plain value (a list of names)."""
 
-    __slots__ = ("body", "name", "steps", "where")
+    __slots__ = ("alias", "body", "name", "steps", "where")
 
-    def __init__(self, steps: tuple[str, ...], body: Struct, where: Where) -> None:
+    def __init__(
+        self, steps: tuple[str, ...], body: Struct, where: Where, alias: str | None = None
+    ) -> None:
         self.steps = steps
         self.name = ".".join(steps)
         self.body = body
         self.where = where
+        self.alias = alias
 
     def build(self, run: _Run, data: Any, prefix: str) -> Any:
         rows = get_path(data, self.steps)
@@ -710,6 +816,11 @@ class Each(Node):
         base = f"{prefix}.{self.name}" if prefix else self.name
         for position, row in enumerate(rows):
             here = f"{base}[{position}]"
+            if self.alias is not None:
+                value = _build_aliased(self.body, run, data, prefix, self.alias, row, here)
+                if value is not ABSENT:
+                    out.append(value)
+                continue
             if not _is_map(row):
                 run.problems.append(
                     MappingProblem(
@@ -723,6 +834,26 @@ class Each(Node):
             if value is not ABSENT:
                 out.append(value)
         return out if out else ABSENT
+
+
+def _bind(data: Any, alias: str, row: Any) -> dict[str, Any]:
+    scope = dict(data) if _is_map(data) else {}
+    scope[alias] = row
+    return scope
+
+
+def _build_aliased(
+    body: Node, run: _Run, data: Any, prefix: str, alias: str, row: Any, here: str
+) -> Any:
+    before = run.aliases.get(alias)
+    run.aliases[alias] = here
+    try:
+        return body.build(run, _bind(data, alias, row), prefix)
+    finally:
+        if before is None:
+            del run.aliases[alias]
+        else:
+            run.aliases[alias] = before
 
 
 class Array(Node):
@@ -801,6 +932,49 @@ def source_partner_ref() -> Source:
     return partner
 
 
+NOT_A_PARTNER = "recipient not a partner of the network"
+
+
+def organization_lookup_key(prefix: str, value: str) -> str:
+    """The ``MappingContext.organizations`` key for a value: ``facility:<value>`` and
+    ``id:<value>`` as given; ``name:<value>`` case-folded, its runs of spaces made one."""
+    if prefix == "name":
+        value = " ".join(value.split()).casefold()
+    return f"{prefix}:{value}"
+
+
+def source_organization(key: Node, prefix: str, where: Where) -> Source:
+    """``$organization``: the partner Organization a key (an HL7 facility, a partner name)
+    names, ``{"reference": "Organization/<id>"}``; absent, with a non-blocking problem naming
+    the field (never the value), when the network has no such partner."""
+
+    def organization(run: _Run, data: Any, scope: str) -> Any:
+        named = where
+        if isinstance(key, First) and key.when is None:
+            # The alternative that gave the key is the field a problem names.
+            value: Any = ABSENT
+            for alternative in key.alternatives:
+                value = alternative.build(run, data, scope)
+                if value is not ABSENT:
+                    if isinstance(alternative, Value) and alternative.where.path:
+                        named = alternative.where
+                    break
+        else:
+            value = key.build(run, data, scope)
+        if value is ABSENT:
+            return ABSENT
+        if not isinstance(value, str):
+            run.problem(named, scope, "is not text", blocking=False)
+            return ABSENT
+        reference = run.context.organizations.get(organization_lookup_key(prefix, value))
+        if reference is None:
+            run.problem(named, scope, NOT_A_PARTNER, blocking=False)
+            return ABSENT
+        return {"reference": reference}
+
+    return organization
+
+
 def source_transformed(
     source: Source, expression: Expression, where: Where, *, required: bool
 ) -> Source:
@@ -841,10 +1015,64 @@ def source_expr(expression: Expression, where: Where, *, required: bool) -> Sour
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceKey:
+    """A resource's own key (``key:``): ``SourceKey(type, record_type, <source_id node>)``."""
+
+    record_type: str
+    source_id: Node
+    where: Where
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceEach:
+    """``each: {field, as}``: one resource per row of a list, the row bound under ``alias``."""
+
+    steps: tuple[str, ...]
+    alias: str
+    where: Where
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRule:
+    """``labels:``: every cell at a path looked up in a code table (exactly, or by the longest
+    entry that is a prefix of it); a found entry's labels label the resource. A value not in the
+    table labels nothing and is no problem."""
+
+    steps: tuple[tuple[str, bool], ...]
+    table: CodeTable
+    prefix: bool
+
+    def apply(self, run: _Run, data: Any) -> None:
+        entries = self.table.entries
+        for value in gather(data, self.steps):
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
+            if not isinstance(value, str):
+                continue
+            if not self.prefix:
+                entry = entries.get(value)
+                if entry is not None and _entry_applies(run, entry.versions):
+                    run.labels.update(entry.labels)
+                continue
+            for length in range(len(value), 0, -1):
+                entry = entries.get(value[:length])
+                if entry is not None and _entry_applies(run, entry.versions):
+                    run.labels.update(entry.labels)
+                    break
+
+
+def _entry_applies(run: _Run, versions: frozenset[str] | None) -> bool:
+    return versions is None or run.version in versions
+
+
+@dataclass(frozen=True, slots=True)
 class ResourceRule:
     resource_type: str
     when: Condition | None
     body: Struct
+    key: ResourceKey | None = None
+    each: ResourceEach | None = None
+    labels: tuple[LabelRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -967,24 +1195,69 @@ class RecordMapping:
         for rule in self.resources:
             if rule.when is not None and not rule.when(run, data, ""):
                 continue
-            run.labels = set()
-            body = rule.body.build(run, data, "")
-            if body is ABSENT:
-                continue
-            resource: dict[str, Any] = {"resourceType": rule.resource_type, **body}
-            if run.labels:
-                meta = dict(resource.get("meta") or {})
-                own = list(meta.get("security") or [])
-                have = {c.get("code") for c in own if isinstance(c, dict)}
-                own.extend(
-                    {"system": SECURITY_SYSTEM, "code": label, "display": LABEL_DISPLAY[label]}
-                    for label in sorted(run.labels - have)
-                )
-                meta["security"] = own
-                resource = {"resourceType": rule.resource_type, "meta": meta, **body}
-            key = SourceKey(rule.resource_type, record.record_type, record.source_id)
-            mapped.resources.append(MappedResource(key=key, resource=resource))
+            for scope, place in _scopes(rule, run, data):
+                if place is not None and rule.each is not None:
+                    run.aliases[rule.each.alias] = place
+                try:
+                    item = self._resource(rule, run, scope, record)
+                finally:
+                    run.aliases.clear()
+                if item is not None:
+                    mapped.resources.append(item)
         mapped.problems = run.problems
         if mapped.blocked:
             mapped.resources = []
         return mapped
+
+    def _resource(
+        self, rule: ResourceRule, run: _Run, data: Any, record: SourceRecord
+    ) -> MappedResource | None:
+        run.labels = set()
+        body = rule.body.build(run, data, "")
+        if body is ABSENT:
+            return None
+        key = SourceKey(rule.resource_type, record.record_type, record.source_id)
+        if rule.key is not None:
+            before = len(run.problems)
+            value = rule.key.source_id.build(run, data, "")
+            if not isinstance(value, str) or not value:
+                if len(run.problems) == before:
+                    run.problem(rule.key.where, "", "resource key is missing", blocking=True)
+                else:  # the key node's own problem blocks: a resource without its key is none
+                    for position in range(before, len(run.problems)):
+                        problem = run.problems[position]
+                        run.problems[position] = MappingProblem(
+                            problem.place, problem.reason, problem.element, True
+                        )
+                return None
+            key = SourceKey(rule.resource_type, rule.key.record_type, value)
+        for label_rule in rule.labels:
+            label_rule.apply(run, data)
+        resource: dict[str, Any] = {"resourceType": rule.resource_type, **body}
+        if run.labels:
+            meta = dict(resource.get("meta") or {})
+            own = list(meta.get("security") or [])
+            have = {c.get("code") for c in own if isinstance(c, dict)}
+            own.extend(
+                {"system": SECURITY_SYSTEM, "code": label, "display": LABEL_DISPLAY[label]}
+                for label in sorted(run.labels - have)
+            )
+            meta["security"] = own
+            resource = {"resourceType": rule.resource_type, "meta": meta, **body}
+        return MappedResource(key=key, resource=resource)
+
+
+def _scopes(rule: ResourceRule, run: _Run, data: Any) -> list[tuple[Any, str | None]]:
+    """The data each resource of a rule is built from: the record, or (``each``) the record
+    with one row bound under the alias, per row."""
+    each = rule.each
+    if each is None:
+        return [(data, None)]
+    rows = get_path(data, each.steps)
+    if rows is ABSENT:
+        return []
+    name = ".".join(each.steps)
+    if not isinstance(rows, list):
+        run.problem(each.where, "", "is not a list of rows", blocking=False)
+        return []
+    return [(_bind(data, each.alias, row), f"{name}[{i}]") for i, row in enumerate(rows)]

@@ -10,6 +10,8 @@ resources at all.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,14 +19,23 @@ from gateway.mapping.placeholders import SourceKey
 from gateway.vocabulary.references import ID_PATTERN
 from gateway.vocabulary.source import Place
 
+ORGANIZATION_PREFIXES = frozenset({"facility", "name", "id"})
+_ORGANIZATION_REFERENCE = re.compile(r"Organization/[A-Za-z0-9\-.]{1,64}")
+
 
 @dataclass(frozen=True, slots=True)
 class MappingContext:
     """Who the records come from: the partner's id (its Organization is
-    ``Organization/<partner_id>``) and its kind (``shelter``, ``clinic``, ...)."""
+    ``Organization/<partner_id>``) and its kind (``shelter``, ``clinic``, ...).
+
+    ``organizations``: the network's partner Organizations by lookup key, for ``$organization``
+    (a referral's or a consent's recipient): ``facility:<hl7_sending_facility>``,
+    ``name:<partner name, case-folded, runs of spaces made one>``, ``id:<partner id>`` ->
+    ``Organization/<partner id>``. Empty by default: then every recipient is unknown."""
 
     partner_id: str
     partner_kind: str
+    organizations: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # The partner id becomes part of identifier systems and a local reference.
@@ -32,6 +43,18 @@ class MappingContext:
             raise ValueError("partner_id is not a FHIR id")
         if not isinstance(self.partner_kind, str) or not self.partner_kind:
             raise ValueError("partner_kind is empty")
+        if not isinstance(self.organizations, Mapping):
+            raise ValueError("organizations is not a mapping")
+        copy: dict[str, str] = {}
+        for key, reference in self.organizations.items():
+            if not isinstance(key, str) or not key.partition(":")[2]:
+                raise ValueError("an organizations key is not <prefix>:<value>")
+            if key.partition(":")[0] not in ORGANIZATION_PREFIXES:
+                raise ValueError("an organizations key is not <prefix>:<value>")
+            if not isinstance(reference, str) or not _ORGANIZATION_REFERENCE.fullmatch(reference):
+                raise ValueError("an organizations value is not Organization/<id>")
+            copy[key] = reference
+        object.__setattr__(self, "organizations", copy)  # a copy the caller cannot change
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,18 @@ def compile_spec(doc: dict[str, Any]) -> RecordMapping:
     return compile_document(doc, schema=schema(), tables=tables())
 
 
+def context_from_json(doc: dict[str, Any]) -> MappingContext:
+    """A golden input's partner (``context``; the HMIS goldens have none: the shelter)."""
+    context = doc.get("context")
+    if context is None:
+        return SHELTER
+    return MappingContext(
+        partner_id=context["partner_id"],
+        partner_kind=context["partner_kind"],
+        organizations=context.get("organizations", {}),
+    )
+
+
 def record_from_json(doc: dict[str, Any]) -> SourceRecord:
     origin = doc.get("origin") or {}
     return SourceRecord(

@@ -1,8 +1,11 @@
 """Golden tests: a mapping change is a data change, and shows here as a changed expected file.
 
-Each ``golden/hmis-csv/<case>.input.json`` is a SourceRecord as the HMIS adapter yields it;
-``<case>.expected.json`` is the exact ``Mapped`` output (resources and problems). To change a
-mapping, change the spec, then the expected files, and review the diff like code.
+Each ``golden/<system>/<case>.input.json`` is a SourceRecord as its adapter yields it (HMIS CSV,
+HL7 v2 ``fields`` as ``adapters.hl7v2.parse_message`` gives them, LegalServer matters as the
+adapter normalises them), with the partner it comes from (``context``: id, kind, the network's
+Organizations; none for HMIS: the shelter); ``<case>.expected.json`` is the exact ``Mapped``
+output (resources and problems). To change a mapping, change the spec, then the expected files,
+and review the diff like code.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from typing import Any
 
 import pytest
 
-from gateway.mapping import PREFIX
+from gateway.mapping import PREFIX, rewrite_placeholders
+from gateway.write.admit import check
+from tests.mapping.golden_support import fake_local
 from tests.mapping.support import (
     GOLDEN,
     apply,
+    context_from_json,
     dumps,
     mappings,
     record_from_json,
@@ -27,10 +33,17 @@ from tests.mapping.support import (
 CASES = sorted(
     p.name.removesuffix(".input.json") for p in (GOLDEN / "hmis-csv").glob("*.input.json")
 )
+# The goldens of the other shipped systems (fhir/ has its own test, test_fhir_mappings.py).
+SYSTEMS = ("hl7v2", "legalserver")
+OTHER_CASES = [
+    (system, p.name.removesuffix(".input.json"))
+    for system in SYSTEMS
+    for p in sorted((GOLDEN / system).glob("*.input.json"))
+]
 
 
-def load(case: str, kind: str) -> Any:
-    return json.loads((GOLDEN / "hmis-csv" / f"{case}.{kind}.json").read_text(encoding="utf-8"))
+def load(case: str, kind: str, system: str = "hmis-csv") -> Any:
+    return json.loads((GOLDEN / system / f"{case}.{kind}.json").read_text(encoding="utf-8"))
 
 
 def test_golden_cases_cover_both_hmis_versions_and_every_record_type() -> None:
@@ -120,3 +133,73 @@ def test_golden_problems_quote_no_source_value(case: str) -> None:
 def test_the_golden_directory_holds_only_case_pairs() -> None:
     names = {p.name for p in Path(GOLDEN / "hmis-csv").iterdir()}
     assert names == {f"{c}.{k}.json" for c in CASES for k in ("input", "expected")}
+
+
+# --- HL7 v2 and LegalServer -------------------------------------------------------------------
+
+
+def _ids(params: list[tuple[str, str]]) -> list[str]:
+    return [f"{system}/{case}" for system, case in params]
+
+
+@pytest.mark.parametrize(("system", "case"), OTHER_CASES, ids=_ids(OTHER_CASES))
+def test_hl7_and_legalserver_mappings_give_exactly_the_golden_output(
+    system: str, case: str
+) -> None:
+    doc = load(case, "input", system)
+    mapped = apply(record_from_json(doc), context_from_json(doc))
+    assert mapped.as_json() == load(case, "expected", system)
+
+
+@pytest.mark.parametrize(("system", "case"), OTHER_CASES, ids=_ids(OTHER_CASES))
+def test_every_hl7_and_legalserver_golden_resource_passes_the_write_gate(
+    system: str, case: str
+) -> None:
+    """Placeholders replaced by local references, each resource is what
+    ``gateway.write.admit.check`` (strict R4) accepts."""
+    expected = load(case, "expected", system)
+    for item in expected["resources"]:
+        doc = item["resource"]
+        assert "id" not in doc
+        assert item["key"][0] == doc["resourceType"]
+        local = rewrite_placeholders(doc, fake_local)
+        assert PREFIX not in dumps(local)
+        check(local)
+
+
+@pytest.mark.parametrize(("system", "case"), OTHER_CASES, ids=_ids(OTHER_CASES))
+def test_an_hl7_or_legalserver_golden_blocks_all_or_nothing(system: str, case: str) -> None:
+    expected = load(case, "expected", system)
+    if any(p["blocking"] for p in expected["problems"]):
+        assert expected["resources"] == []
+    else:
+        assert expected["resources"]
+
+
+@pytest.mark.parametrize(("system", "case"), OTHER_CASES, ids=_ids(OTHER_CASES))
+def test_hl7_and_legalserver_problems_quote_no_source_value(system: str, case: str) -> None:
+    doc = load(case, "input", system)
+    problems = dumps(load(case, "expected", system)["problems"])
+    values = [v for _name, v in _cells(doc["fields"]) if len(v) >= 3]
+    assert values
+    for value in values:
+        assert value not in problems
+
+
+def test_the_hl7_and_legalserver_golden_directories_hold_only_case_pairs() -> None:
+    for system in SYSTEMS:
+        cases = [c for s, c in OTHER_CASES if s == system]
+        names = {p.name for p in (GOLDEN / system).iterdir()}
+        assert names == {f"{c}.{k}.json" for c in cases for k in ("input", "expected")}
+    shipped = {(m.system, m.record_type) for m in mappings() if m.system in SYSTEMS}
+    covered = {(load(c, "input", s)["system"], load(c, "input", s)["record_type"])
+               for s, c in OTHER_CASES}  # fmt: skip
+    assert (
+        shipped
+        == covered
+        == {
+            ("hl7v2", "ADT_A01"),
+            ("hl7v2", "REF_I12"),
+            ("legalserver", "matter"),
+        }
+    )
