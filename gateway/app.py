@@ -52,7 +52,7 @@ from gateway.ingest.ledger import Ledger
 from gateway.ingest.pipeline import DEFAULT_BATCH, IngestPipeline
 from gateway.ingest.quarantine import Quarantine
 from gateway.keys import FileKeyRing, KeyMaterialError
-from gateway.mapping import MappingContext, MappingSet, load_mappings
+from gateway.mapping import MappingContext, MappingSet, load_mappings, organization_lookup_key
 from gateway.observability import Metrics, ObservabilityMiddleware, Readiness, configure_logging
 from gateway.outcomes import error_outcome
 from gateway.partners import Partner, PartnerDirectory, ensure_organizations, partners_for
@@ -380,5 +380,16 @@ def ingest_pipeline(
 
 
 def mapping_context(partner: Partner, directory: PartnerDirectory) -> MappingContext:
-    """The mapping's view of a partner: its id and kind."""
-    return MappingContext(partner_id=partner.id, partner_kind=partner.kind)
+    """The mapping's view of a partner: its id and kind, and the network's organizations by
+    HL7 facility, name and id (a referral's or a release's recipient, as the source names
+    it, becomes that partner's Organization; a name the network does not know, nothing)."""
+    organizations: dict[str, str] = {}
+    for other in directory:
+        organizations[organization_lookup_key("id", other.id)] = other.organization
+        organizations[organization_lookup_key("name", other.name)] = other.organization
+        if other.hl7_sending_facility:
+            facility = organization_lookup_key("facility", other.hl7_sending_facility)
+            organizations[facility] = other.organization
+    return MappingContext(
+        partner_id=partner.id, partner_kind=partner.kind, organizations=organizations
+    )
