@@ -24,6 +24,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from adapters.hl7v2 import (
@@ -38,7 +39,7 @@ from adapters.hl7v2 import (
     outcome_for,
     parse_message,
 )
-from gateway.ingest.pipeline import IngestPipeline
+from gateway.ingest.pipeline import IngestPipeline, RecordOutcome
 from gateway.partners import Partner, PartnerDirectory
 from gateway.vocabulary.source import Place, SourceRecord
 
@@ -48,11 +49,55 @@ UNKNOWN_FACILITY = "the sending facility (MSH-4) is not a partner of this gatewa
 _MSH4 = Place(segment="MSH", field="MSH-4")
 
 
+@dataclass
+class _Slot:
+    record: SourceRecord
+    done: bool = False
+    outcome: RecordOutcome | None = None
+    error: BaseException | None = None
+
+
+class _GroupCommit:
+    """One partner's writer. Messages that arrive together are stored together: a message's
+    thread queues its record, then waits its turn to write; whoever writes takes every record
+    queued by then (its own included) through the pipeline as one group, and each thread
+    answers for its own record once the group is stored. Under load a handful of messages
+    share one unit of work; alone, a message is a group of one. Nothing is acknowledged before
+    it is stored."""
+
+    def __init__(self, pipeline: IngestPipeline) -> None:
+        self.pipeline = pipeline
+        self.writer = threading.Lock()  # one group at a time (the partner's ledger, batch)
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Slot] = []
+
+    def store(self, record: SourceRecord) -> RecordOutcome:
+        slot = _Slot(record)
+        with self._queue_lock:
+            self._queue.append(slot)
+        with self.writer:
+            if not slot.done:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                try:
+                    outcomes = self.pipeline.ingest_records([s.record for s in group])
+                except BaseException as exc:
+                    for each in group:
+                        each.error, each.done = exc, True
+                else:
+                    for each, outcome in zip(group, outcomes, strict=True):
+                        each.outcome, each.done = outcome, True
+        if slot.error is not None:
+            raise slot.error
+        assert slot.outcome is not None
+        return slot.outcome
+
+
 class Hl7Ingest:
     """``pipeline_for(partner)`` gives the pipeline of a partner (made once per partner and
-    kept). Calls for one partner are serialised (one writer per partner: its ledger and its
-    batch); different partners proceed side by side (PostgreSQL; SQLite serialises writes
-    itself)."""
+    kept). One partner's messages are written by one writer at a time, in groups of those that
+    arrived together (``_GroupCommit``); different partners proceed side by side (PostgreSQL;
+    SQLite serialises writes itself)."""
 
     def __init__(
         self,
@@ -64,14 +109,14 @@ class Hl7Ingest:
         self._directory = directory
         self._pipeline_for = pipeline_for
         self._limits = limits
-        self._pipelines: dict[str, tuple[IngestPipeline, threading.Lock]] = {}
+        self._pipelines: dict[str, _GroupCommit] = {}
         self._guard = threading.Lock()
 
-    def _pipeline(self, partner: Partner) -> tuple[IngestPipeline, threading.Lock]:
+    def _pipeline(self, partner: Partner) -> _GroupCommit:
         with self._guard:
             found = self._pipelines.get(partner.id)
             if found is None:
-                found = (self._pipeline_for(partner), threading.Lock())
+                found = _GroupCommit(self._pipeline_for(partner))
                 self._pipelines[partner.id] = found
             return found
 
@@ -98,15 +143,16 @@ class Hl7Ingest:
         partner = self.sender(message, peer)
         if partner is None:
             return Rejected(ErrorCode.UNKNOWN_KEY_IDENTIFIER, UNKNOWN_FACILITY, _MSH4)
-        pipeline, lock = self._pipeline(partner)
+        group = self._pipeline(partner)
+        pipeline = group.pipeline
         parsed = parse_message(message, source=source, locator=locator, limits=self._limits)
-        with lock:
-            if not isinstance(parsed, SourceRecord):
+        if not isinstance(parsed, SourceRecord):
+            with group.writer:
                 pipeline.quarantine_problem(parsed)
-                outcome = outcome_for(parsed)
-                assert outcome is not None
-                return outcome
-            outcome_of_record = pipeline.ingest_record(parsed)
+            outcome = outcome_for(parsed)
+            assert outcome is not None
+            return outcome
+        outcome_of_record = group.store(parsed)
         if outcome_of_record.status == "stored":
             return Accepted()
         if parsed.record_type not in pipeline.record_types(parsed.system):

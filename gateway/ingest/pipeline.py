@@ -191,6 +191,8 @@ class IngestPipeline:
         self._batch_size = min(batch_size, PROVENANCE_TARGETS)
         self._clock = clock or SystemClock()
         self._source_label = source_label
+        # While ingest_records runs: each record's held entry (by the record's identity).
+        self._track: dict[int, NewQuarantine] | None = None
 
     def record_types(self, system: str) -> set[str]:
         """The record types of ``system`` the mappings map."""
@@ -248,28 +250,53 @@ class IngestPipeline:
     # -- one record (MLLP) --------------------------------------------------------------------
 
     def ingest_record(self, record: SourceRecord, *, hold: bool = True) -> RecordOutcome:
-        """One record, stored before this returns (the MLLP listener acknowledges AA only
-        after it); a record sent again is found unchanged and stores nothing. ``hold=False``
-        (a retry of a held record): what cannot land is answered, not quarantined again."""
+        """One record, stored before this returns; a record sent again is found unchanged and
+        stores nothing. ``hold=False`` (a retry of a held record): what cannot land is
+        answered, not quarantined again."""
+        return self.ingest_records([record], hold=hold)[0]
+
+    def ingest_records(
+        self, records: Sequence[SourceRecord], *, hold: bool = True
+    ) -> list[RecordOutcome]:
+        """Records that arrived together (the MLLP listener's concurrent messages), stored in
+        as few units of work as their keys allow, each answered on its own: ``stored`` (it
+        landed, whole or in part) or ``quarantined`` with its reason. All are stored (or held)
+        before this returns, so that each may then be acknowledged."""
         summary = IngestSummary()
-        mapped = self._mappings.apply(record, self._context)
         held: list[NewQuarantine] = []
-        if mapped.blocked or not mapped.resources:
-            held.append(self._held_record(record, _mapping_reason(mapped), mapped))
-            written = 0
-        else:
-            written = self._flush([_Prepared(record, mapped)], summary, held)
-        landed = summary.counts(record.system, record.record_type).landed > 0
-        if not hold:
-            # A retry reports a partial landing as landed: the part left out is what the
-            # record still lacks, and the held copy it came from is kept (marked retried).
-            if landed:
-                return RecordOutcome("stored", written=written)
-            return RecordOutcome("quarantined", held[0].reason, held[0].places)
-        ids = self._quarantine.add(held) if held else []
-        if not landed:
-            return RecordOutcome("quarantined", held[0].reason, held[0].places, ids[0])
-        return RecordOutcome("stored", written=written, quarantine_id=ids[0] if ids else "")
+        self._track = {}
+        landed: list[SourceRecord] = []
+        batch: list[_Prepared] = []
+        keys: set[SourceKey] = set()
+        try:
+            for record in records:
+                mapped = self._mappings.apply(record, self._context)
+                if mapped.blocked or not mapped.resources:
+                    held.append(self._held_record(record, _mapping_reason(mapped), mapped))
+                    continue
+                mine = {r.key for r in mapped.resources}
+                if mine & keys:
+                    self._flush(batch, summary, held, landed)
+                    batch, keys = [], set()
+                batch.append(_Prepared(record, mapped))
+                keys |= mine
+            self._flush(batch, summary, held, landed)
+            tracked = self._track
+        finally:
+            self._track = None
+        ids = self._quarantine.add(held) if hold and held else []
+        quarantine_ids = {id(entry): qid for entry, qid in zip(held, ids, strict=False)}
+        stored = {id(r) for r in landed}
+        outcomes: list[RecordOutcome] = []
+        for record in records:
+            entry = tracked.get(id(record))
+            qid = quarantine_ids.get(id(entry), "") if entry is not None else ""
+            if id(record) in stored:
+                outcomes.append(RecordOutcome("stored", quarantine_id=qid))
+            else:
+                assert entry is not None
+                outcomes.append(RecordOutcome("quarantined", entry.reason, entry.places, qid))
+        return outcomes
 
     def quarantine_problem(self, problem: SourceProblem) -> str:
         """Keep input an adapter could not read (the MLLP listener's unparseable messages)."""
@@ -278,7 +305,11 @@ class IngestPipeline:
     # -- a batch ------------------------------------------------------------------------------
 
     def _flush(
-        self, batch: list[_Prepared], summary: IngestSummary, held: list[NewQuarantine]
+        self,
+        batch: list[_Prepared],
+        summary: IngestSummary,
+        held: list[NewQuarantine],
+        landed_out: list[SourceRecord] | None = None,
     ) -> int:
         if not batch:
             return 0
@@ -300,6 +331,8 @@ class IngestPipeline:
             if one is not None:
                 ready.append(one)
         landed = self._store(ready, summary, held)
+        if landed_out is not None:
+            landed_out.extend(one.record for one in landed)
         for one in landed:
             for resource_type in one.unchanged:
                 summary.resource(resource_type).unchanged += 1
@@ -475,7 +508,7 @@ class IngestPipeline:
     ) -> NewQuarantine:
         if places is None:
             places = tuple(p.place for p in mapped.problems)
-        return NewQuarantine(
+        entry = NewQuarantine(
             partner_id=self._context.partner_id,
             system=record.system,
             record_type=record.record_type,
@@ -488,6 +521,9 @@ class IngestPipeline:
             source_version=record.version,
             source_id=record.source_id,
         )
+        if self._track is not None:
+            self._track[id(record)] = entry
+        return entry
 
     def _ledger_key(self, system: str, key: SourceKey) -> LedgerKey:
         """Ids are per partner and source system: the same PersonalID at two partners is two

@@ -93,6 +93,7 @@ class _Run:
         "file",
         "jsonata_context",
         "labels",
+        "memo",
         "problems",
         "row",
         "version",
@@ -110,6 +111,10 @@ class _Run:
         self.row = int(match.group(1)) if match else None
         self.problems: list[MappingProblem] = []
         self.labels: set[str] = set()
+        # Scalar results of expressions, by (expression text, input identity), for this record
+        # only: a spec that computes one key in three places evaluates it once. The input is
+        # kept with its result, so that its id cannot be reused by another object meanwhile.
+        self.memo: dict[tuple[str, int], tuple[Any, Any]] = {}
         # A row bound under a name (``each: {as: referral}``, ``$each_as``): the name -> the
         # row's place (``outgoing_referrals[1]``), so problems name the row, not the alias.
         self.aliases: dict[str, str] = {}
@@ -998,14 +1003,23 @@ def source_transformed(
 
 def source_expr(expression: Expression, where: Where, *, required: bool) -> Source:
     def evaluated(run: _Run, data: Any, prefix: str) -> Any:
+        memo_key = (expression.text, id(data))
+        cached = run.memo.get(memo_key)
+        if cached is not None and cached[0] is data:
+            return cached[1]
         try:
             result = expression.evaluate(data, run.jsonata_context)
         except ExpressionFailed as failed:
             run.problem(where, prefix, f"expression failed ({failed.code})", blocking=required)
             return ABSENT
         if isinstance(result, str):
-            return leaf(result)
-        return ABSENT if result is None else result
+            value = leaf(result)
+            run.memo[memo_key] = (data, value)
+            return value
+        if result is None:
+            run.memo[memo_key] = (data, ABSENT)
+            return ABSENT
+        return result
 
     return evaluated
 

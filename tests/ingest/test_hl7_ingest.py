@@ -120,3 +120,26 @@ def test_a_partners_facility_from_another_address_is_answered_as_an_unknown_one(
     assert isinstance(spoofed, Rejected)
     assert _records(store) == []
     assert Quarantine(store.engine, store.key_ring).list(status=None) == []
+
+
+def test_messages_sent_at_once_are_stored_together_and_each_is_answered_for_itself(
+    handler: tuple[Hl7Ingest, SqlStore],
+) -> None:
+    """Eight senders at once: every message is stored before its own answer (AA), one
+    message's bad content does not take the others' with it, and each referral is stored
+    once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ingest, store = handler
+    good = list(ref_i12_messages(24, seed=5, sending_facility="STMARYS"))
+    bad = good[7].replace(b"\rPID|", b"\rPID|1||", 1).replace(b"|19", b"|1x", 1)
+    messages = [*good[:7], bad, *good[8:]]
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda m: ingest.handle(m, peer=HOSPITAL_PEER), messages))
+    assert [type(o).__name__ for o in outcomes].count("Accepted") == 23
+    assert not isinstance(outcomes[7], Accepted)
+    tasks = [r for r in _records(store) if r[0] == "Task"]
+    assert len(tasks) == 23
+    again = [ingest.handle(m, peer=HOSPITAL_PEER) for m in good[:3]]
+    assert all(isinstance(o, Accepted) for o in again)
+    assert len([r for r in _records(store) if r[0] == "Task"]) == 23
