@@ -24,14 +24,15 @@ The rules every node keeps:
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final
 
 import orjson
 
-from gateway.mapping.codes import CodeTable
+from gateway.mapping.codes import CodeEntry, CodeTable
 from gateway.mapping.expressions import Expression, ExpressionFailed
 from gateway.mapping.model import (
     Mapped,
@@ -1046,23 +1047,40 @@ class ResourceEach:
     where: Where
 
 
+def label_key(value: str) -> str:
+    """A value as a label lookup compares it: compatibility-normalised (a full-width Z is Z),
+    invisible format characters dropped, runs of white space made one, case-folded. A source
+    that spells a violence code ``z91.42`` or a problem ``human trafficking`` is labelled as if
+    it had written ``Z91.42`` or ``Human Trafficking``: a label missed is a disclosure."""
+    text = unicodedata.normalize("NFKC", value)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return " ".join(text.split()).casefold()
+
+
 @dataclass(frozen=True, slots=True)
 class LabelRule:
     """``labels:``: every cell at a path looked up in a code table (exactly, or by the longest
-    entry that is a prefix of it); a found entry's labels label the resource. A value not in the
-    table labels nothing and is no problem."""
+    entry that is a prefix of it), both compared by ``label_key``; a found entry's labels label
+    the resource. A value not in the table labels nothing and is no problem."""
 
     steps: tuple[tuple[str, bool], ...]
     table: CodeTable
     prefix: bool
+    keyed: Mapping[str, CodeEntry] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.keyed:
+            keyed = {label_key(value): entry for value, entry in self.table.entries.items()}
+            object.__setattr__(self, "keyed", keyed)
 
     def apply(self, run: _Run, data: Any) -> None:
-        entries = self.table.entries
+        entries = self.keyed
         for value in gather(data, self.steps):
             if isinstance(value, int) and not isinstance(value, bool):
                 value = str(value)
             if not isinstance(value, str):
                 continue
+            value = label_key(value)
             if not self.prefix:
                 entry = entries.get(value)
                 if entry is not None and _entry_applies(run, entry.versions):
