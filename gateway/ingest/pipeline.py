@@ -129,7 +129,6 @@ class RecordOutcome:
     reason: str = ""
     places: tuple[Place, ...] = ()
     quarantine_id: str = ""
-    written: int = 0
 
 
 @dataclass
