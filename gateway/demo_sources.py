@@ -3,10 +3,10 @@
 Everything is synthetic (``gateway synth`` wrote the files under ``examples/sources/``; nobody
 in them exists):
 
-- Riverside Safe Haven's HMIS CSV exports of the same clients, an older FY2024 one (a zip) and
-  the FY2026 one (a directory): the second updates what changed and leaves the rest alone; some
-  clients signed releases of information to Harbor Community Clinic or Northside Legal Aid,
-  which become Consents;
+- Riverside Safe Haven's HMIS CSV exports: an older FY2024 one (a zip, clients served then,
+  ids from 501) and the FY2026 one (a directory); some clients signed releases of information
+  to Harbor Community Clinic or Northside Legal Aid, which become Consents (how two exports of
+  the same clients update one another is tested in tests/ingest/test_pipeline.py);
 - Northside Legal Aid's LegalServer matters, pulled through the Core API from a fake
   LegalServer site on loopback (paging, Bearer token);
 - St. Mary's Hospital's REF^I12 referrals, sent over a real MLLP socket to the gateway's
@@ -57,10 +57,6 @@ class Ingested:
     acks: dict[str, int] = field(default_factory=dict)  # MSA-1 code -> how many
     stranger_ack: tuple[str, str] = ("", "")  # (MSA-1, ERR-3 code) of the unknown facility's
 
-    def created(self, label: str, resource_type: str) -> int:
-        summary = self.summaries.get(label)
-        return summary.resource(resource_type).created if summary else 0
-
 
 async def ingest_sources(
     app: FastAPI, settings: Settings, directory: PartnerDirectory, console: Console
@@ -93,7 +89,7 @@ async def ingest_sources(
         )
 
     shelter = _partner(directory, "riverside-shelter")
-    # The older export first: the FY2026 one then brings each record up to date.
+    # The older export first, as the shelter produced them.
     for label, export in (("HMIS FY2024 (zip)", HMIS_FY2024), ("HMIS FY2026", HMIS_FY2026)):
         items = read_export(
             export,
