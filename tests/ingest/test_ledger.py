@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy import Engine, event, func, select
 
 from gateway.ingest.ledger import KeyRingBehind, Ledger, LedgerEntry, LedgerKey, _canonical
 from gateway.keys import KeyRing
 from gateway.store.schema import ingest_ledger
-from tests.conftest import START, sqlite_engine
+from tests.conftest import START
 from tests.support.reach import Reach
 
 SOURCE_ID = "CL-20417"
@@ -35,19 +34,6 @@ CONTENT: dict[str, Any] = {
 }
 SECRETS = ("CL-20417", "Quintanilla", "Marisol", "1987-03-14", "Wisteria", "555-867-5309")
 MAPPING = "a" * 64
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        made = sqlite_engine(tmp_path)
-        yield made
-        made.dispose()
-        return
-    shared: Engine = request.getfixturevalue("postgres_engine")
-    with shared.begin() as conn:
-        conn.execute(text("TRUNCATE ingest_ledger, quarantine"))
-    yield shared
 
 
 def key(source_id: str = SOURCE_ID, **changes: str) -> LedgerKey:

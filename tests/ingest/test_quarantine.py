@@ -9,7 +9,6 @@ import itertools
 import json
 import re
 import unicodedata
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, select, update
 
 from gateway.clock import FrozenClock
 from gateway.ingest.quarantine import (
@@ -33,7 +32,7 @@ from gateway.ingest.quarantine import (
 from gateway.keys import DecryptionError, KeyRing
 from gateway.store.schema import quarantine as quarantine_table
 from gateway.vocabulary.source import Place
-from tests.conftest import START, sqlite_engine
+from tests.conftest import START
 from tests.support.reach import Reach
 
 RAW = b"CL-20417,Quintanilla-Zorrobabel,Marisol,1987-03-14,4411 Wisteria Hollow Rd,555-867-5309\r\n"
@@ -47,19 +46,6 @@ FIELDS: dict[str, Any] = {
 }
 SECRETS = ("CL-20417", "Quintanilla", "Marisol", "1987-03-14", "Wisteria", "555-867-5309")
 ID = re.compile(r"q-[A-Za-z0-9_-]{12}")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        made = sqlite_engine(tmp_path)
-        yield made
-        made.dispose()
-        return
-    shared: Engine = request.getfixturevalue("postgres_engine")
-    with shared.begin() as conn:
-        conn.execute(text("TRUNCATE ingest_ledger, quarantine"))
-    yield shared
 
 
 @pytest.fixture
