@@ -894,15 +894,16 @@ class ConsentedSession:
         patients = frozenset(
             r.id for r in resources if r.resource_type == "Patient" and r.id is not None
         )
+        # The ids are the gateway's (ingest's ledger), never a partner's guess, so the heads
+        # alone say whether the records are the requester's: only a record of another takes
+        # the refusal path (audited, answered as a door would).
+        owners = self._raw.contributors([(r.resource_type, r.id) for r in resources if r.id])
         for resource in resources:
             interaction = "update" if resource.id else "create"
             self._allow(resource.resource_type, interaction)
             if resource.id:
-                # The ids are the gateway's (ingest's ledger), never a partner's guess, so the
-                # head alone says whether the record is the requester's: only a record of
-                # another takes the refusal path (audited, answered as a door would).
-                located = self._raw.locate(resource.resource_type, resource.id)
-                if located is not None and located.contributor != self._requester.partner_id:
+                key = (resource.resource_type, resource.id)
+                if key in owners and owners[key] != self._requester.partner_id:
                     self._require_own(resource.resource_type, resource.id, "update")
             self._check_consent_write(resource.doc, interaction, patients)
         written = self._raw.write_many([self._admitted(r) for r in resources])
@@ -917,6 +918,9 @@ class ConsentedSession:
         if found.shown is None or found.located is None:
             return None
         return replace(found.located, live=found.shown)
+
+    def contributors(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        raise Forbidden("record heads are internal to the consent layer")
 
     def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
         raise Forbidden("the consent probe is internal to the consent layer")

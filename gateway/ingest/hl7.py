@@ -21,9 +21,11 @@ For each message:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,12 @@ class _Slot:
     done: bool = False
     outcome: RecordOutcome | None = None
     error: BaseException | None = None
+
+
+# Messages handled at once (each waits in its own thread for its group to be stored): enough
+# for the listener's connections to fill a group, where asyncio's default pool (cores + 4) would
+# cap it.
+THREADS = 64
 
 
 class _GroupCommit:
@@ -111,6 +119,7 @@ class Hl7Ingest:
         self._limits = limits
         self._pipelines: dict[str, _GroupCommit] = {}
         self._guard = threading.Lock()
+        self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="hl7-ingest")
 
     def _pipeline(self, partner: Partner) -> _GroupCommit:
         with self._guard:
@@ -168,8 +177,9 @@ class Hl7Ingest:
         does not stall the other connections."""
         host = getattr(peer, "host", "") or ""
         try:
-            return await asyncio.to_thread(
-                self.handle, message, peer=host, source=f"mllp {host}".strip()
+            return await asyncio.get_running_loop().run_in_executor(
+                self._threads,
+                functools.partial(self.handle, message, peer=host, source=f"mllp {host}".strip()),
             )
         except Exception as exc:  # any failure: nothing stored, the sender sends it again
             _log.error("hl7 ingest failed: %s", type(exc).__name__)

@@ -285,8 +285,16 @@ class Ledger:
                     for k in absent
                 ]
                 dialect = postgresql if self._postgres else sqlite
-                conn.execute(dialect.insert(_T).on_conflict_do_nothing(), rows)
-                found.update(self._find(conn, ring, absent))
+                inserted = conn.execute(dialect.insert(_T).on_conflict_do_nothing(), rows)
+                if inserted.rowcount == len(rows):
+                    # Every row is ours (under the lock no other reserver inserts these keys):
+                    # the entries are what was just written, with no second read.
+                    found.update(
+                        (k, LedgerEntry(k, str(row["resource_id"]), False, "", "", ""))
+                        for k, row in zip(absent, rows, strict=True)
+                    )
+                else:
+                    found.update(self._find(conn, ring, absent))
             else:
                 raise RuntimeError("the ingest ledger could not reserve ids")
         return found

@@ -50,7 +50,7 @@ from gateway.vocabulary.dates import stamp
 from gateway.vocabulary.source import Place, SourceItem, SourceNotice, SourceProblem, SourceRecord
 from gateway.write.admit import Checked, check
 
-DEFAULT_BATCH = 200
+DEFAULT_BATCH = 500
 PROVENANCE_TARGETS = 500  # a Provenance names at most this many records (one per batch)
 _PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 _ENTITY_ROLE_SOURCE = "source"

@@ -18,6 +18,15 @@ class DriverSql:
     consent_probe: str
     insert_versions: str
     insert_index: str
+    placeholder: str
+
+    def heads(self, count: int) -> str:
+        """The heads of ``count`` ids of one resource type (the type is the first parameter)."""
+        marks = ", ".join([self.placeholder] * count)
+        return (
+            "SELECT rid, resource_type, id, version_id, deleted, contributor "  # noqa: S608
+            f"FROM resources WHERE resource_type = {self.placeholder} AND id IN ({marks})"
+        )
 
     @classmethod
     def for_dialect(cls, paramstyle: str) -> DriverSql:
@@ -65,4 +74,5 @@ class DriverSql:
                 f"INSERT INTO search_index ({', '.join(c.name for c in SI.columns)}) "  # noqa: S608
                 f"VALUES ({marks(len(SI.columns))})"
             ),
+            placeholder=marks(1),
         )

@@ -81,6 +81,10 @@ class MemoryStore:
         with self._lock:
             return _MemorySession(self._state, self._clock).locate(resource_type, resource_id)
 
+    def contributors(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        with self._lock:
+            return _MemorySession(self._state, self._clock).contributors(keys)
+
     def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
         with self._lock:
             return _MemorySession(self._state, self._clock).consent_probe(
@@ -241,6 +245,10 @@ class _MemorySession:
             return None
         live = next(v for v in reversed(head.versions) if not v.deleted)
         return Located(head.current.version_id, head.current.deleted, head.contributor, live)
+
+    def contributors(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        heads = ((key, self._head(*key)) for key in keys)
+        return {key: head.contributor for key, head in heads if head is not None}
 
     def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
         for head in self._state.heads.values():

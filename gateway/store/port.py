@@ -265,6 +265,12 @@ class StoreSession(Protocol):
         """The record's head and newest live version, in one lookup; None when absent."""
         ...
 
+    def contributors(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        """The contributor of each record of ``keys`` (resource type, id) that has a head,
+        live or deleted; absent records are left out. A few statements whatever the number of
+        keys (the batch write path's ownership check)."""
+        ...
+
     def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
         """Whether an active Consent of ``patient_id`` recorded by ``recorder`` names ``actor``
         (an Organization) anywhere in its provisions: the only Consents that can release that

@@ -129,6 +129,10 @@ class SqlStore:
         row = self._driver_fetch("locate", self._sql.locate, (resource_type, resource_id))
         return located_row(self._ring(), resource_type, resource_id, row)
 
+    def contributors(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        with self._session(write=False, op="contributors") as s:
+            return s.contributors(keys)
+
     def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
         row = self._driver_fetch(
             "consent_probe", self._sql.consent_probe, (patient_id, recorder, actor[0], actor[1])

@@ -17,7 +17,6 @@ from sqlalchemy import (
     insert,
     literal,
     select,
-    tuple_,
     update,
 )
 
@@ -230,6 +229,22 @@ class SqlSession(SearchSql):
         row = self.conn.exec_driver_sql(self._sql.locate, (resource_type, resource_id)).first()
         return located_row(self._ring, resource_type, resource_id, row)
 
+    def contributors(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        return {key: head.contributor for key, head in self._heads(keys).items()}
+
+    def _heads(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        by_type: dict[str, list[str]] = {}
+        for resource_type, resource_id in dict.fromkeys(keys):
+            by_type.setdefault(resource_type, []).append(resource_id)
+        heads: dict[tuple[str, str], Any] = {}
+        for resource_type, ids in by_type.items():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                statement = self._sql.heads(len(chunk))
+                for row in self.conn.exec_driver_sql(statement, (resource_type, *chunk)):
+                    heads[(resource_type, row.id)] = row
+        return heads
+
     def consent_probe(self, patient_id: str, *, recorder: str, actor: tuple[str, str]) -> bool:
         params = (patient_id, recorder, actor[0], actor[1])
         return self.conn.exec_driver_sql(self._sql.consent_probe, params).first() is not None
@@ -319,23 +334,7 @@ class SqlSession(SearchSql):
             require_valid(each)
         """The batch path: a handful of statements for the whole batch, whatever its size."""
         now = self._clock.now()
-        with_ids = [r.doc for r in resources if r.id]
-        heads: dict[tuple[str, str], Any] = {}
-        if with_ids:
-            keys = list({(r["resourceType"], r["id"]) for r in with_ids})
-            for chunk_start in range(0, len(keys), 500):
-                chunk = keys[chunk_start : chunk_start + 500]
-                for row in self.conn.execute(
-                    select(
-                        R.c.rid,
-                        R.c.resource_type,
-                        R.c.id,
-                        R.c.version_id,
-                        R.c.deleted,
-                        R.c.contributor,
-                    ).where(tuple_(R.c.resource_type, R.c.id).in_(chunk))
-                ):
-                    heads[(row.resource_type, row.id)] = row
+        heads = self._heads([(r.doc["resourceType"], r.doc["id"]) for r in resources if r.id])
         fresh: list[tuple[PreparedVersion, str | None]] = []
         existing: list[tuple[Any, PreparedVersion]] = []
         in_order: list[tuple[PreparedVersion, str | None]] = []

@@ -187,6 +187,33 @@ def test_write_many_creates_and_updates_in_the_callers_order(any_store: Resource
     assert body(any_store.read("Patient", existing.id))["gender"] == "other"
 
 
+def test_contributors_names_the_contributor_of_each_head_and_leaves_out_the_absent(
+    any_store: ResourceStore,
+) -> None:
+    shelter = any_store.create(valid(patient("Nguyen", "Linh"), "riverside-shelter"))
+    clinic = any_store.create(valid(patient("Okafor", "Amina"), "harbor-clinic"))
+    gone = any_store.create(valid(organization("old-org", "Closed"), "harbor-clinic"))
+    any_store.delete("Organization", gone.id)
+    keys = [
+        ("Patient", shelter.id),
+        ("Patient", clinic.id),
+        ("Organization", gone.id),
+        ("Patient", "never-written"),
+        ("Organization", shelter.id),  # an id of another type is another record
+        ("Patient", shelter.id),  # asked twice: answered once
+    ]
+    assert any_store.contributors(keys) == {
+        ("Patient", shelter.id): "riverside-shelter",
+        ("Patient", clinic.id): "harbor-clinic",
+        ("Organization", gone.id): "harbor-clinic",  # a deleted record keeps its head
+    }
+    with any_store.transaction() as tx:
+        assert tx.contributors([("Patient", clinic.id)]) == {
+            ("Patient", clinic.id): "harbor-clinic"
+        }
+    assert any_store.contributors([]) == {}
+
+
 def test_write_many_refuses_the_same_resource_twice(any_store: ResourceStore) -> None:
     org = organization("harbor-clinic", "Harbor")
     with pytest.raises(Conflict):

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.access.requester import Requester
 from gateway.consent.store import ConsentedStore
+from gateway.errors import Forbidden
 from gateway.ingest.batch import BatchIngest
 from gateway.store.port import ResourceStore
 from gateway.store.query import parse_search
@@ -68,3 +69,16 @@ def test_nonsense_settings_are_refused(any_store: ResourceStore) -> None:
         BatchIngest(as_shelter(any_store), batch_size=0)
     with pytest.raises(ValueError, match="workers"):
         BatchIngest(as_shelter(any_store), workers=-1)
+
+
+def test_a_requesters_store_hands_out_neither_record_heads_nor_the_consent_probe(
+    any_store: ResourceStore,
+) -> None:
+    """Whose a record is, and whether a Consent exists, are the consent layer's to use: a
+    partner's store answers neither (a door that asked would learn of hidden records)."""
+    other = any_store.create(valid(patient("Okafor", "Amina"), "harbor-clinic"))
+    shelter = as_shelter(any_store)
+    with pytest.raises(Forbidden):
+        shelter.contributors([("Patient", other.id)])
+    with pytest.raises(Forbidden):
+        shelter.consent_probe(other.id, recorder="harbor-clinic", actor=("Organization", "x"))
