@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gateway.commands.common import console, fail, one_line, settings_or_fail
+from gateway.ingest.pipeline import DEFAULT_BATCH
 from gateway.vocabulary.source import SourceItem, SourceRecord
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ def hmis_csv(
         ),
     ],
     partner: PartnerOption,
-    batch_size: BatchOption = 200,
+    batch_size: BatchOption = DEFAULT_BATCH,
 ) -> None:
     """An HMIS CSV export (FY2024 or FY2026). A victim service provider's export lands only
     for a partner of kind shelter; from any other partner it is refused whole."""
@@ -236,7 +237,7 @@ def legalserver(
     report: Annotated[
         int | None, typer.Option(help="Read this Reports API report instead of the Core API.")
     ] = None,
-    batch_size: BatchOption = 200,
+    batch_size: BatchOption = DEFAULT_BATCH,
     full: FullOption = False,
 ) -> None:
     """A LegalServer site's matters (Core API v2), or one report (Reports API). Credentials
@@ -319,7 +320,7 @@ def fhir(
         "system/Patient.rs system/ServiceRequest.rs system/CarePlan.rs"
     ),
     page_size: Annotated[int, typer.Option(min=1, max=1000)] = 100,
-    batch_size: BatchOption = 200,
+    batch_size: BatchOption = DEFAULT_BATCH,
     full: FullOption = False,
 ) -> None:
     """Patients, ServiceRequests and CarePlans from a partner's FHIR server, as the gateway's
@@ -385,7 +386,7 @@ def hl7v2(
         ),
     ],
     partner: PartnerOption,
-    batch_size: BatchOption = 200,
+    batch_size: BatchOption = DEFAULT_BATCH,
 ) -> None:
     """ADT^A04/A08 and REF^I12 messages from a file. Every message must come from the
     partner's own sending facility (MSH-4 = its hl7_sending_facility); one that does not is
