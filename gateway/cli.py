@@ -26,6 +26,7 @@ from gateway.commands.common import one_line as _one_line
 from gateway.commands.common import settings_or_fail as _settings
 from gateway.commands.ingest import ingest_app
 from gateway.commands.mllp import mllp
+from gateway.commands.partners import partners_app
 from gateway.commands.quarantine import quarantine_app
 from gateway.commands.synth import synth_app
 from gateway.consent.labels import load_label_tables
@@ -68,6 +69,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(synth_app, name="synth")
+app.add_typer(partners_app, name="partners")
 app.command("mllp")(mllp)
 
 

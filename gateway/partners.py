@@ -602,3 +602,102 @@ def mint_client_assertion(
     alg = "ES384" if isinstance(private_key, ec.EllipticCurvePrivateKey) else "RS384"
     headers = {"typ": "JWT", "kid": kid or public_jwk(private_key)["kid"]}
     return jwt.encode(body, private_key, algorithm=alg, headers=headers)
+
+
+# -- onboarding: what `gateway partners add|check|list` needs (gateway/commands/partners.py) ------
+
+
+def jwk_from_public_key(public: object) -> dict[str, Any]:
+    """A partner's public signing key as the JWK the token endpoint verifies its assertions
+    with: ``kid`` its RFC 7638 thumbprint, ``use`` sig, ``alg`` RS384 or ES384. Refuses what the
+    loader would refuse (another curve, a short RSA key), saying why and never quoting the key."""
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        if not isinstance(public.curve, ec.SECP384R1):
+            raise ValueError("an EC key must be on curve P-384 (ES384)")
+        jwk = jwt.algorithms.ECAlgorithm.to_jwk(public, as_dict=True)
+        alg = "ES384"
+    elif isinstance(public, rsa.RSAPublicKey):
+        if public.key_size < 2048:
+            raise ValueError("an RSA key must have at least 2048 bits")
+        jwk = jwt.algorithms.RSAAlgorithm.to_jwk(public, as_dict=True)
+        alg = "RS384"
+    else:
+        raise ValueError("only RSA (RS384) and EC P-384 (ES384) keys can sign client assertions")
+    assert isinstance(jwk, dict)
+    # Only the members that name the key: no key_ops beside use (RFC 7517 section 4.3).
+    out = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y", "n", "e")}
+    out.update(kid=jwk_thumbprint(out), use="sig", alg=alg)
+    return check_public_jwk(out)
+
+
+class PrivateKeyGiven(ValueError):
+    """A private key where a partner's public key belongs: refused before it is parsed, so
+    that nothing of it can reach an error, a log or the partners file."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this is a private key: give the partner's public key only (the private key "
+            "never leaves the partner)"
+        )
+
+
+def jwks_from_pem(data: bytes) -> list[dict[str, Any]]:
+    """The JWKs of a PEM file: one or more public keys (``PUBLIC KEY``, or PKCS#1 ``RSA PUBLIC
+    KEY``), or one certificate (its subject's key). A file holding any private key is refused
+    whole (``PrivateKeyGiven``); a certificate chain is refused too, since every key in it
+    would become the partner's. Errors say what is wrong with which block, never its bytes."""
+    import re
+
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    if re.search(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY", data):
+        raise PrivateKeyGiven
+    found = list(re.finditer(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", data, re.S))
+    if not found:
+        raise ValueError("no PEM block (-----BEGIN PUBLIC KEY----- or CERTIFICATE)")
+    if len(found) > 1 and any(m.group(1) == b"CERTIFICATE" for m in found):
+        raise ValueError("give one certificate alone (the partner's own, not a chain)")
+    if len(found) > MAX_KEYS_PER_PARTNER:
+        raise ValueError(f"at most {MAX_KEYS_PER_PARTNER} keys per partner")
+    keys = []
+    for index, match in enumerate(found):
+        label = match.group(1).decode()
+        where = f"PEM block {index + 1} ({label})"
+        if label not in ("CERTIFICATE", "PUBLIC KEY", "RSA PUBLIC KEY"):
+            raise ValueError(f"{where} is not a public key or a certificate")
+        try:
+            public: object = (
+                x509.load_pem_x509_certificate(match.group(0)).public_key()
+                if label == "CERTIFICATE"
+                else serialization.load_pem_public_key(match.group(0))
+            )
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ValueError(f"{where} does not parse") from None
+        try:
+            keys.append(jwk_from_public_key(public))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    return keys
+
+
+def partner_problems(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the loader would say of one entry on its own, as ``(field, why)`` pairs (``why``
+    never quotes a value); empty when it makes a valid ``Partner``. The checks across entries
+    (a repeated id, organization or facility) need the whole file: ``check_partners_file``."""
+    try:
+        Partner.model_validate(entry)
+    except ValidationError as exc:
+        return [
+            (_format_loc(tuple(error["loc"])) or "(entry)", _message(error))
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+    return []
+
+
+def check_partners_file(path: Path, *, allow_demo_placeholder: bool) -> PartnerDirectory:
+    """The directory a partners file makes, checked by the loader's own rules, entry and file;
+    ``allow_demo_placeholder`` as in demo mode (``serve`` with ``GATEWAY_DEMO=true``).
+    ``PartnersFileError`` with the loader's ``file:line: field: why`` lines otherwise."""
+    document = _parse(path, allow_demo_placeholder=allow_demo_placeholder)
+    return PartnerDirectory(tuple(document.partners))
